@@ -54,6 +54,7 @@ mod export;
 mod kv;
 pub mod snapshot;
 mod sys;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
 pub use error::Error;

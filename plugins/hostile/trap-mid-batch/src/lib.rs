@@ -1,0 +1,37 @@
+//! Hostile plugin `hostile-trap-mid-batch`. An entry that writes, then traps without a panic message: its write must roll back.
+//!
+//! The command `"attack"` attacks; any other string command `s` stores `s -> "ok"` and returns
+//! `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
+//! `s` returns the value stored at `s`.
+
+use wasmraft_guest::{EntryContext, Error, Kv, StateMachine};
+
+#[derive(Default)]
+pub struct Hostile;
+
+impl StateMachine for Hostile {
+    type Command = String;
+    type Response = String;
+    type Query = String;
+    type QueryResponse = Option<String>;
+
+    #[allow(unreachable_code, reason = "the attack never returns")]
+    fn apply(&mut self, ctx: &EntryContext, kv: &mut Kv, command: String) -> Result<String, Error> {
+        let _ = ctx;
+        if command != "attack" {
+            kv.set(command.as_bytes(), b"ok");
+            return Ok("ok".to_string());
+        }
+        kv.set(b"half-done", b"oops");
+        #[cfg(target_arch = "wasm32")]
+        core::arch::wasm32::unreachable();
+        #[cfg(not(target_arch = "wasm32"))]
+        unreachable!("trap")
+    }
+
+    fn query(&self, kv: &Kv, key: String) -> Result<Option<String>, Error> {
+        Ok(kv.get(key.as_bytes()).map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+}
+
+wasmraft_guest::export!(Hostile);
