@@ -80,10 +80,8 @@ pub(crate) fn query_payload<T: StateMachine>(machine: &T, request: &[u8]) -> Res
     serde_json::to_vec(&response).map_err(|err| format!("encoding the response: {err}"))
 }
 
-/// The message of a panic payload, as both the wasm hook and the native harness report it.
-pub(crate) fn panic_text(payload: Option<&str>) -> String {
-    format!("panicked: {}", payload.unwrap_or("Box<dyn Any>"))
-}
+/// What a panic whose payload is not a string reports (the host reports `panicked: MESSAGE`).
+pub(crate) const PANIC_WITHOUT_MESSAGE: &str = "Box<dyn Any>";
 
 /// The functions behind the [`crate::export!`] macro. One plugin instance runs one machine.
 pub mod guest {
@@ -120,7 +118,7 @@ pub mod guest {
                     if let Some(location) = info.location() {
                         crate::sys::log_error(&format!("plugin panicked at {location}"));
                     }
-                    crate::sys::panic_message(&panic_text(info.payload_as_str()));
+                    crate::sys::panic_message(info.payload_as_str().unwrap_or(PANIC_WITHOUT_MESSAGE));
                 }));
             });
         }

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::export::{apply_payload, panic_text, query_payload};
+use crate::export::{PANIC_WITHOUT_MESSAGE, apply_payload, query_payload};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::{EntryContext, InitContext, Kv, StateMachine};
 
@@ -165,7 +165,7 @@ impl<T: StateMachine> TestHost<T> {
                 .downcast_ref::<&str>()
                 .copied()
                 .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-            Err(panic_text(text))
+            Err(format!("panicked: {}", text.unwrap_or(PANIC_WITHOUT_MESSAGE)))
         })
     }
 }

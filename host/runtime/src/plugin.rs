@@ -285,7 +285,10 @@ impl Plugin {
             Some(Trap::StackOverflow) => PluginError::Limit(LimitExceeded::Stack {
                 limit: state.limits.max_wasm_stack,
             }),
-            Some(trap) => PluginError::Trapped(trap.to_string()),
+            Some(trap) => {
+                let text = trap.to_string();
+                PluginError::Trapped(text.strip_prefix("wasm trap: ").unwrap_or(&text).to_string())
+            }
             // Errors raised by the canonical ABI (bad UTF-8, out-of-bounds list) are the guest's
             // fault and as deterministic as traps.
             None => PluginError::Trapped(format!("{:#}", err.root_cause())),

@@ -169,7 +169,9 @@ impl Runtime {
 
         // A trial instantiation: catches start functions that trap and components over the
         // instance/memory/table limits now, not on the apply path.
-        let mut store = new_store(self, Box::new(MemoryBackend::new()), "validation".into()).map_err(|e| LoadError::Instantiate(e.to_string()))?;
+        let state = HostState::new(Box::new(MemoryBackend::new()), self.limits_arc(), "validation".into());
+        let mut store = store_with(self, state);
+        store.set_fuel(limits.fuel_per_call).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
 
         Ok(PluginCode {
@@ -239,15 +241,6 @@ fn add_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     host::entries::add_to_linker(linker)?;
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     Ok(())
-}
-
-pub(crate) fn new_store(
-    runtime: &Runtime,
-    backend: Box<dyn crate::KvBackend>,
-    plugin: Arc<str>,
-) -> Result<Store<HostState>, RuntimeError> {
-    let state = HostState::new(backend, runtime.limits_arc(), plugin);
-    Ok(store_with(runtime, state))
 }
 
 pub(crate) fn store_with(runtime: &Runtime, state: HostState) -> Store<HostState> {

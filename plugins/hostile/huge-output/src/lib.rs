@@ -1,7 +1,7 @@
-//! Hostile plugin `hostile-huge-output`. An entry whose result is 64 MiB: it must hit the output limit.
+//! Hostile plugin `hostile-huge-output`. An entry whose result is 1.5 MiB: it must hit the output limit.
 //!
-//! The command `"attack"` attacks; any other string command `s` stores `s -> "ok"` and returns
-//! `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
+//! The command `"attack"` attacks; `"fail"` writes a key and then returns an error; any other
+//! string command `s` stores `s -> "ok"` and returns `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
 //! `s` returns the value stored at `s`.
 
 use wasmraft_guest::{EntryContext, Error, Kv, StateMachine};
@@ -17,11 +17,15 @@ impl StateMachine for Hostile {
 
     fn apply(&mut self, ctx: &EntryContext, kv: &mut Kv, command: String) -> Result<String, Error> {
         let _ = ctx;
+        if command == "fail" {
+            kv.set(b"half-done", b"oops");
+            return Err(Error::new("refused"));
+        }
         if command != "attack" {
             kv.set(command.as_bytes(), b"ok");
             return Ok("ok".to_string());
         }
-        Ok("x".repeat(64 << 20))
+        Ok("x".repeat(3 << 19))
     }
 
     fn query(&self, kv: &Kv, key: String) -> Result<Option<String>, Error> {

@@ -1,7 +1,7 @@
-//! Hostile plugin `hostile-huge-writes`. An entry that writes 200,000 keys: it must hit the write-set limit, and none of it may stay.
+//! Hostile plugin `hostile-huge-writes`. An entry that writes 2,000 values of 16 KiB (32 MiB): it must hit the write-set limit, and none of it may stay.
 //!
-//! The command `"attack"` attacks; any other string command `s` stores `s -> "ok"` and returns
-//! `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
+//! The command `"attack"` attacks; `"fail"` writes a key and then returns an error; any other
+//! string command `s` stores `s -> "ok"` and returns `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
 //! `s` returns the value stored at `s`.
 
 use wasmraft_guest::{EntryContext, Error, Kv, StateMachine};
@@ -17,12 +17,17 @@ impl StateMachine for Hostile {
 
     fn apply(&mut self, ctx: &EntryContext, kv: &mut Kv, command: String) -> Result<String, Error> {
         let _ = ctx;
+        if command == "fail" {
+            kv.set(b"half-done", b"oops");
+            return Err(Error::new("refused"));
+        }
         if command != "attack" {
             kv.set(command.as_bytes(), b"ok");
             return Ok("ok".to_string());
         }
-        for i in 0..200_000u32 {
-            kv.set(format!("flood/{i:08}").as_bytes(), b"0123456789abcdef");
+        let value = vec![b'x'; 16 << 10];
+        for i in 0..2_000u32 {
+            kv.set(format!("flood/{i:08}").as_bytes(), &value);
         }
         Ok("flooded".to_string())
     }

@@ -1,7 +1,7 @@
 //! Hostile plugin `hostile-panic`. An entry that writes, then panics: its write must roll back, the message must reach the result.
 //!
-//! The command `"attack"` attacks; any other string command `s` stores `s -> "ok"` and returns
-//! `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
+//! The command `"attack"` attacks; `"fail"` writes a key and then returns an error; any other
+//! string command `s` stores `s -> "ok"` and returns `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
 //! `s` returns the value stored at `s`.
 
 use wasmraft_guest::{EntryContext, Error, Kv, StateMachine};
@@ -18,6 +18,10 @@ impl StateMachine for Hostile {
     #[allow(unreachable_code, reason = "the attack never returns")]
     fn apply(&mut self, ctx: &EntryContext, kv: &mut Kv, command: String) -> Result<String, Error> {
         let _ = ctx;
+        if command == "fail" {
+            kv.set(b"half-done", b"oops");
+            return Err(Error::new("refused"));
+        }
         if command != "attack" {
             kv.set(command.as_bytes(), b"ok");
             return Ok("ok".to_string());

@@ -1,7 +1,7 @@
 //! Hostile plugin `hostile-query-write`. A query that bypasses the SDK and calls kv.set: the host must refuse it.
 //!
-//! The command `"attack"` attacks; any other string command `s` stores `s -> "ok"` and returns
-//! `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
+//! The command `"attack"` attacks; `"fail"` writes a key and then returns an error; any other
+//! string command `s` stores `s -> "ok"` and returns `"ok"`, so tests can check that the runtime stays usable and later entries still apply. A query
 //! `s` returns the value stored at `s`.
 
 use wasmraft_guest::{EntryContext, Error, Kv, StateMachine};
@@ -17,6 +17,10 @@ impl StateMachine for Hostile {
 
     fn apply(&mut self, ctx: &EntryContext, kv: &mut Kv, command: String) -> Result<String, Error> {
         let _ = ctx;
+        if command == "fail" {
+            kv.set(b"half-done", b"oops");
+            return Err(Error::new("refused"));
+        }
         if command != "attack" {
             kv.set(command.as_bytes(), b"ok");
             return Ok("ok".to_string());

@@ -1,0 +1,83 @@
+// Builds the example plugins in `plugins/` to wasm32-wasip2 components and places each at
+// `<target>/plugins/NAME.wasm`. Shared (via `include!`) by the root build.rs and the runtime's
+// bench, so both build plugins exactly the same way.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The plugins workspace's members, as `(package name, member dir)`, read from its manifests.
+pub fn plugin_packages(plugins_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let manifest = std::fs::read_to_string(plugins_dir.join("Cargo.toml")).map_err(|e| format!("reading plugins/Cargo.toml: {e}"))?;
+    let members = manifest
+        .split("members = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .ok_or("plugins/Cargo.toml has no members list")?;
+    members
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+        .map(|member| {
+            let dir = plugins_dir.join(member);
+            let text = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| format!("reading {member}/Cargo.toml: {e}"))?;
+            let name = text
+                .lines()
+                .find_map(|line| line.strip_prefix("name = "))
+                .map(|name| name.trim().trim_matches('"').to_string())
+                .ok_or(format!("{member}/Cargo.toml has no package name"))?;
+            Ok((name, dir))
+        })
+        .collect()
+}
+
+/// Builds every plugin (release, wasm32-wasip2) with a nested cargo in `<target>/plugins-build`
+/// and copies each component to `<target>/plugins/NAME.wasm`. Returns `(name, path)` pairs.
+pub fn build_plugins(repo: &Path, target_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let plugins_dir = repo.join("plugins");
+    let packages = plugin_packages(&plugins_dir)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let build_dir = target_dir.join("plugins-build");
+    let output = Command::new(&cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace", "--manifest-path"])
+        .arg(plugins_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&build_dir)
+        // The outer build's flags and target dir are not the plugins'.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .output()
+        .map_err(|e| format!("running {cargo}: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if stderr.contains("wasm32-wasip2") && stderr.contains("target may not be installed") {
+            "\nhint: run `rustup target add wasm32-wasip2` (./dev.sh does it for you)"
+        } else {
+            ""
+        };
+        return Err(format!("building plugins failed:\n{stderr}{hint}"));
+    }
+    let out_dir = target_dir.join("plugins");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    packages
+        .into_iter()
+        .map(|(name, _)| {
+            let built = build_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+            let dest = out_dir.join(format!("{name}.wasm"));
+            let bytes = std::fs::read(&built).map_err(|e| format!("reading {}: {e}", built.display()))?;
+            // Rewrite only on change, so the artifact's mtime means "the component changed".
+            if std::fs::read(&dest).ok().as_deref() != Some(&bytes[..]) {
+                std::fs::write(&dest, &bytes).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+            }
+            Ok((name, dest))
+        })
+        .collect()
+}
+
+/// The cargo target directory that contains `dir` (cargo marks its root with CACHEDIR.TAG).
+pub fn enclosing_target_dir(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf)
+}
