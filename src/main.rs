@@ -1,1 +1,96 @@
-fn main() {}
+//! `wasmraft`: the command-line tool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wasmraft_runtime::conformance::{self, Script};
+use wasmraft_runtime::{Limits, Runtime, RuntimeConfig};
+
+#[derive(Parser)]
+#[command(name = "wasmraft", version, about = "Run application logic as a replicated, sandboxed WebAssembly state machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run a plugin component (any language) through the conformance checks: validation, init,
+    /// the scripted entries, batch independence, read-only queries and the snapshot round trip.
+    Test {
+        /// The component, e.g. target/plugins/kv.wasm.
+        file: PathBuf,
+        /// JSON-lines script: {"apply": CMD} / {"query": REQ}, optional "expect" / "expect_error".
+        /// Without it, a built-in smoke script for kv-style plugins runs.
+        #[arg(long)]
+        script: Option<PathBuf>,
+        /// Fuel allowed per entry.
+        #[arg(long, default_value_t = wasmraft_runtime::limits::FUEL_PER_ENTRY)]
+        fuel_per_entry: u64,
+        /// Linear memory allowed per instance, in bytes.
+        #[arg(long, default_value_t = wasmraft_runtime::limits::MAX_MEMORY_BYTES)]
+        max_memory: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugin {
+            command: PluginCommand::Test { file, script, fuel_per_entry, max_memory },
+        } => plugin_test(file, script, Limits { fuel_per_entry, max_memory_bytes: max_memory, ..Limits::default() }),
+    }
+}
+
+fn plugin_test(file: PathBuf, script: Option<PathBuf>, limits: Limits) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let script = match &script {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Script::parse(&text).map_err(anyhow::Error::msg)?
+        }
+        None => Script::kv_smoke(),
+    };
+    let runtime = Runtime::new(RuntimeConfig { limits, cache_dir: None })?;
+    println!("plugin test {} ({} bytes)", file.display(), bytes.len());
+    let report = conformance::run(&runtime, &bytes, &script, |check| match &check.outcome {
+        Ok(detail) => println!("  ok    {:<20} {detail}", check.name),
+        Err(reason) => println!("  FAIL  {:<20} {reason}", check.name),
+    });
+    println!(
+        "  usage: max {} fuel per entry, peak linear memory {} KiB",
+        report.max_entry_fuel,
+        report.peak_memory_bytes / 1024
+    );
+    let failed = report.checks.iter().filter(|c| c.outcome.is_err()).count();
+    println!("plugin test: {} passed, {failed} failed", report.checks.len() - failed);
+    if let Some(check) = report.failure() {
+        eprintln!("error: check `{}` failed: {}", check.name, check.outcome.as_ref().err().map_or("", String::as_str));
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -248,8 +248,15 @@ fn dump(plugin: &Plugin) -> Result<Vec<Pair>, String> {
     plugin.backend().scan(b"", None, usize::MAX).map_err(|e| e.to_string())
 }
 
+/// Longest payload or result quoted in a message.
+const QUOTE_CHARS: usize = 80;
+
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], bytes.len()),
+        None => text.into_owned(),
+    }
 }
 
 /// Checks one result against its step's expectation.
