@@ -9,7 +9,11 @@ use wasmraft_runtime::conformance::{self, Script};
 use wasmraft_runtime::{Limits, Runtime, RuntimeConfig};
 
 #[derive(Parser)]
-#[command(name = "wasmraft", version, about = "Run application logic as a replicated, sandboxed WebAssembly state machine")]
+#[command(
+    name = "wasmraft",
+    version,
+    about = "Run application logic as a replicated, sandboxed WebAssembly state machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,8 +65,22 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin {
-            command: PluginCommand::Test { file, script, fuel_per_entry, max_memory },
-        } => plugin_test(file, script, Limits { fuel_per_entry, max_memory_bytes: max_memory, ..Limits::default() }),
+            command:
+                PluginCommand::Test {
+                    file,
+                    script,
+                    fuel_per_entry,
+                    max_memory,
+                },
+        } => plugin_test(
+            file,
+            script,
+            Limits {
+                fuel_per_entry,
+                max_memory_bytes: max_memory,
+                ..Limits::default()
+            },
+        ),
     }
 }
 
@@ -75,7 +93,10 @@ fn plugin_test(file: PathBuf, script: Option<PathBuf>, limits: Limits) -> anyhow
         }
         None => Script::kv_smoke(),
     };
-    let runtime = Runtime::new(RuntimeConfig { limits, cache_dir: None })?;
+    let runtime = Runtime::new(RuntimeConfig {
+        limits,
+        cache_dir: None,
+    })?;
     println!("plugin test {} ({} bytes)", file.display(), bytes.len());
     let report = conformance::run(&runtime, &bytes, &script, |check| match &check.outcome {
         Ok(detail) => println!("  ok    {:<20} {detail}", check.name),
@@ -89,7 +110,11 @@ fn plugin_test(file: PathBuf, script: Option<PathBuf>, limits: Limits) -> anyhow
     let failed = report.checks.iter().filter(|c| c.outcome.is_err()).count();
     println!("plugin test: {} passed, {failed} failed", report.checks.len() - failed);
     if let Some(check) = report.failure() {
-        eprintln!("error: check `{}` failed: {}", check.name, check.outcome.as_ref().err().map_or("", String::as_str));
+        eprintln!(
+            "error: check `{}` failed: {}",
+            check.name,
+            check.outcome.as_ref().err().map_or("", String::as_str)
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -34,8 +34,19 @@ fn script(lines: &str) -> tempfile::NamedTempFile {
 fn the_kv_plugin_passes_every_check_with_the_built_in_script() {
     let run = plugin_test(&[plugins::KV]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    for check in ["validate", "init", "apply", "batch-independence", "query-read-only", "snapshot-round-trip"] {
-        assert!(run.stdout.contains(&format!("ok    {check}")), "{check} missing:\n{}", run.stdout);
+    for check in [
+        "validate",
+        "init",
+        "apply",
+        "batch-independence",
+        "query-read-only",
+        "snapshot-round-trip",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("ok    {check}")),
+            "{check} missing:\n{}",
+            run.stdout
+        );
     }
     assert!(run.stdout.contains("plugin test: 6 passed, 0 failed"));
     assert!(run.stdout.contains("fuel per entry") && run.stdout.contains("peak linear memory"));
@@ -53,7 +64,11 @@ fn a_wrong_expectation_fails_the_apply_check_naming_the_line() {
     let cases = script("{\"apply\": {\"name\": \"a\"}, \"expect\": 2}\n");
     let run = plugin_test(&[plugins::COUNTER, "--script", cases.path().to_str().unwrap()]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("check `apply` failed: entry at script line 1"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("check `apply` failed: entry at script line 1"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("expected 2 but got 1"), "{}", run.stderr);
 }
 
@@ -61,24 +76,39 @@ fn a_wrong_expectation_fails_the_apply_check_naming_the_line() {
 fn a_plugin_keeping_state_outside_kv_fails_batch_independence() {
     let run = plugin_test(&[plugins::FIXTURE_BATCH_DEPENDENT]);
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(run.stderr.contains("check `batch-independence` failed: entry 8"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("check `batch-independence` failed: entry 8"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn a_plugin_whose_snapshot_loses_keys_fails_the_round_trip() {
     let run = plugin_test(&[plugins::FIXTURE_BAD_SNAPSHOT]);
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(run.stderr.contains("check `snapshot-round-trip` failed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("check `snapshot-round-trip` failed"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("first at key \"k10\""), "{}", run.stderr);
 }
 
 #[test]
 fn running_out_of_fuel_during_the_script_names_the_entry_and_the_limit() {
     let cases = script("{\"apply\": \"warm-up\"}\n{\"apply\": \"attack\"}\n");
-    let run = plugin_test(&[plugins::HOSTILE_LOOP, "--script", cases.path().to_str().unwrap(), "--fuel-per-entry", "5000000"]);
+    let run = plugin_test(&[
+        plugins::HOSTILE_LOOP,
+        "--script",
+        cases.path().to_str().unwrap(),
+        "--fuel-per-entry",
+        "5000000",
+    ]);
     assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains("entry at script line 2 (\"attack\") failed: fuel exhausted: used more than the 5000000 units"),
+        run.stderr
+            .contains("entry at script line 2 (\"attack\") failed: fuel exhausted: used more than the 5000000 units"),
         "{}",
         run.stderr
     );
@@ -87,9 +117,19 @@ fn running_out_of_fuel_during_the_script_names_the_entry_and_the_limit() {
 #[test]
 fn exceeding_memory_during_the_script_names_the_limit() {
     let cases = script("{\"apply\": \"attack\"}\n");
-    let run = plugin_test(&[plugins::HOSTILE_MEMORY_BOMB, "--script", cases.path().to_str().unwrap(), "--max-memory", "16777216"]);
+    let run = plugin_test(&[
+        plugins::HOSTILE_MEMORY_BOMB,
+        "--script",
+        cases.path().to_str().unwrap(),
+        "--max-memory",
+        "16777216",
+    ]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("over max_memory_bytes (16777216)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("over max_memory_bytes (16777216)"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -103,7 +143,11 @@ fn works_on_a_component_outside_the_repository_and_rejects_non_components() {
     std::fs::write(&junk, b"hello").unwrap();
     let run = plugin_test(&[junk.to_str().unwrap()]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("check `validate` failed: not a WebAssembly binary"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("check `validate` failed: not a WebAssembly binary"),
+        "{}",
+        run.stderr
+    );
 
     let missing = plugin_test(&[dir.path().join("nope.wasm").to_str().unwrap()]);
     assert_eq!(missing.code, 2);

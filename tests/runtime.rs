@@ -70,11 +70,19 @@ fn kv_plugin_applies_commands_and_answers_queries() {
     let runtime = runtime();
     let mut kv = fresh(&load(&runtime, plugins::KV));
     let outcomes = kv
-        .apply(entries(&[&put("a", "1"), &put("a", "2"), r#"{"op":"delete","key":"zz"}"#]))
+        .apply(entries(&[
+            &put("a", "1"),
+            &put("a", "2"),
+            r#"{"op":"delete","key":"zz"}"#,
+        ]))
         .unwrap();
     assert_eq!(
         results(&outcomes),
-        vec![ok(r#"{"previous":null}"#), ok(r#"{"previous":"1"}"#), ok(r#"{"deleted":false}"#)]
+        vec![
+            ok(r#"{"previous":null}"#),
+            ok(r#"{"previous":"1"}"#),
+            ok(r#"{"deleted":false}"#)
+        ]
     );
     assert_eq!(outcomes.iter().map(|o| o.index).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(outcomes.iter().all(|o| o.fuel_used > 0));
@@ -88,9 +96,16 @@ fn an_err_result_rolls_back_the_entry_and_later_entries_still_apply() {
     let outcomes = plugin.apply(entries(&[r#""a""#, r#""fail""#, r#""b""#])).unwrap();
     assert_eq!(
         results(&outcomes),
-        vec![ok(r#""ok""#), Err(PluginError::Returned("refused".into())), ok(r#""ok""#)]
+        vec![
+            ok(r#""ok""#),
+            Err(PluginError::Returned("refused".into())),
+            ok(r#""ok""#)
+        ]
     );
-    assert_eq!(pairs(&plugin), vec![(b"a".to_vec(), b"ok".to_vec()), (b"b".to_vec(), b"ok".to_vec())]);
+    assert_eq!(
+        pairs(&plugin),
+        vec![(b"a".to_vec(), b"ok".to_vec()), (b"b".to_vec(), b"ok".to_vec())]
+    );
     assert_eq!(plugin.stats().instantiations, 1, "an err result is not a trap");
 }
 
@@ -115,7 +130,9 @@ fn a_panic_rolls_back_the_entry_carries_its_message_and_replaces_the_instance() 
 fn a_trap_in_the_middle_of_a_batch_fails_only_that_entry() {
     let runtime = runtime();
     let mut plugin = fresh(&load(&runtime, plugins::HOSTILE_TRAP_MID_BATCH));
-    let outcomes = plugin.apply(entries(&[r#""a""#, r#""attack""#, r#""b""#, r#""attack""#, r#""c""#])).unwrap();
+    let outcomes = plugin
+        .apply(entries(&[r#""a""#, r#""attack""#, r#""b""#, r#""attack""#, r#""c""#]))
+        .unwrap();
     let trap = Err(PluginError::Trapped("wasm `unreachable` instruction executed".into()));
     assert_eq!(
         results(&outcomes),
@@ -158,7 +175,9 @@ fn deep_recursion_hits_the_stack_limit() {
     assert_eq!(
         results(&outcomes),
         vec![
-            Err(PluginError::Limit(LimitExceeded::Stack { limit: wasmraft_runtime::limits::MAX_WASM_STACK })),
+            Err(PluginError::Limit(LimitExceeded::Stack {
+                limit: wasmraft_runtime::limits::MAX_WASM_STACK
+            })),
             ok(r#""ok""#)
         ]
     );
@@ -193,10 +212,17 @@ fn a_huge_write_set_hits_the_write_limit_and_leaves_nothing_behind() {
 fn a_query_cannot_write_even_past_the_sdk() {
     let runtime = runtime();
     let mut plugin = fresh(&load(&runtime, plugins::HOSTILE_QUERY_WRITE));
-    assert_eq!(plugin.query(br#""attack""#).unwrap(), Err(PluginError::ReadOnly("a query")));
+    assert_eq!(
+        plugin.query(br#""attack""#).unwrap(),
+        Err(PluginError::ReadOnly("a query"))
+    );
     assert!(pairs(&plugin).is_empty());
     plugin.apply(entries(&[r#""k""#])).unwrap();
-    assert_eq!(plugin.query(br#""k""#).unwrap(), ok(r#""ok""#), "usable after the violation");
+    assert_eq!(
+        plugin.query(br#""k""#).unwrap(),
+        ok(r#""ok""#),
+        "usable after the violation"
+    );
 }
 
 /// A log that exercises every kind of outcome: writes, deletes, a plugin error, a panic, a trap.
@@ -210,7 +236,11 @@ fn mixed_log() -> Vec<String> {
         .collect()
 }
 
-fn apply_in_batches(code: &PluginCode, log: &[Entry], batch: usize) -> (Vec<Result<Vec<u8>, PluginError>>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn apply_in_batches(
+    code: &PluginCode,
+    log: &[Entry],
+    batch: usize,
+) -> (Vec<Result<Vec<u8>, PluginError>>, Vec<(Vec<u8>, Vec<u8>)>) {
     let mut plugin = fresh(code);
     let mut outcomes = Vec::new();
     for chunk in log.chunks(batch) {
@@ -222,14 +252,22 @@ fn apply_in_batches(code: &PluginCode, log: &[Entry], batch: usize) -> (Vec<Resu
 #[test]
 fn results_and_state_do_not_depend_on_batching_even_with_fuel_exhaustion() {
     let runtime = runtime();
-    for path in [plugins::HOSTILE_LOOP, plugins::HOSTILE_PANIC, plugins::HOSTILE_TRAP_MID_BATCH] {
+    for path in [
+        plugins::HOSTILE_LOOP,
+        plugins::HOSTILE_PANIC,
+        plugins::HOSTILE_TRAP_MID_BATCH,
+    ] {
         let code = load(&runtime, path);
         let log_text = mixed_log();
         let log = entries(&log_text.iter().map(String::as_str).collect::<Vec<_>>());
         let whole = apply_in_batches(&code, &log, log.len());
         assert!(whole.0.iter().any(Result::is_err) && whole.0.iter().any(Result::is_ok));
         for batch in [7, 1] {
-            assert_eq!(apply_in_batches(&code, &log, batch), whole, "{path}: batches of {batch}");
+            assert_eq!(
+                apply_in_batches(&code, &log, batch),
+                whole,
+                "{path}: batches of {batch}"
+            );
         }
     }
 }
@@ -258,8 +296,12 @@ fn snapshot_then_restore_into_an_empty_backend_reproduces_the_state() {
     let runtime = runtime();
     let code = load(&runtime, plugins::KV);
     let mut source = fresh(&code);
-    let log_text: Vec<String> = (0..500).map(|i| put(&format!("key/{i:04}"), &"v".repeat(i % 97))).collect();
-    source.apply(entries(&log_text.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    let log_text: Vec<String> = (0..500)
+        .map(|i| put(&format!("key/{i:04}"), &"v".repeat(i % 97)))
+        .collect();
+    source
+        .apply(entries(&log_text.iter().map(String::as_str).collect::<Vec<_>>()))
+        .unwrap();
 
     let mut chunks = Vec::new();
     source
@@ -286,14 +328,19 @@ fn a_snapshot_cannot_write_and_a_bad_stream_is_rejected() {
     let code = load(&runtime, plugins::KV);
     let mut restored = code.instantiate("restored", Box::new(MemoryBackend::new())).unwrap();
     let result = restored.restore(vec![b"not a snapshot".to_vec()]).unwrap();
-    assert_eq!(result, Err(PluginError::Returned("not a wasmraft kv snapshot (bad magic)".into())));
+    assert_eq!(
+        result,
+        Err(PluginError::Returned("not a wasmraft kv snapshot (bad magic)".into()))
+    );
 }
 
 #[test]
 fn entries_carry_the_leader_timestamp_the_plugin_uses_instead_of_a_clock() {
     let runtime = runtime();
     let mut counter = fresh(&load(&runtime, plugins::COUNTER));
-    counter.apply(entries(&[r#"{"name":"hits"}"#, r#"{"name":"hits","by":2}"#])).unwrap();
+    counter
+        .apply(entries(&[r#"{"name":"hits"}"#, r#"{"name":"hits","by":2}"#]))
+        .unwrap();
     assert_eq!(
         counter.query(br#"{"name":"hits"}"#).unwrap(),
         ok(r#"{"value":3,"updated_ms":1700000000001}"#)
@@ -306,7 +353,8 @@ fn bytes_that_are_not_a_plugin_are_rejected_with_the_reason() {
     assert_eq!(runtime.load(b"definitely not wasm").err(), Some(LoadError::NotWasm));
     let core_module = wat::parse_str("(module)").unwrap();
     assert_eq!(runtime.load(&core_module).err(), Some(LoadError::CoreModule));
-    let wrong_world = wat::parse_str(r#"(component (core module $m (func (export "f"))) (core instance (instantiate $m)))"#).unwrap();
+    let wrong_world =
+        wat::parse_str(r#"(component (core module $m (func (export "f"))) (core instance (instantiate $m)))"#).unwrap();
     assert!(
         matches!(runtime.load(&wrong_world), Err(LoadError::WrongWorld(ref why)) if why.contains("no export")),
         "{:?}",
@@ -315,17 +363,25 @@ fn bytes_that_are_not_a_plugin_are_rejected_with_the_reason() {
     let foreign_import = wat::parse_str(r#"(component (import "acme:net/sockets" (instance)))"#).unwrap();
     assert_eq!(
         runtime.load(&foreign_import).err(),
-        Some(LoadError::UnsupportedImports { names: vec!["acme:net/sockets".into()] })
+        Some(LoadError::UnsupportedImports {
+            names: vec!["acme:net/sockets".into()]
+        })
     );
     let mut truncated = std::fs::read(plugins::KV).unwrap();
     truncated.truncate(truncated.len() / 2);
     assert!(matches!(runtime.load(&truncated), Err(LoadError::Invalid(_))));
     let small = Runtime::new(RuntimeConfig {
-        limits: Limits { max_component_bytes: 1000, ..Limits::default() },
+        limits: Limits {
+            max_component_bytes: 1000,
+            ..Limits::default()
+        },
         cache_dir: None,
     })
     .unwrap();
-    assert!(matches!(small.load(&std::fs::read(plugins::KV).unwrap()), Err(LoadError::TooLarge { limit: 1000, .. })));
+    assert!(matches!(
+        small.load(&std::fs::read(plugins::KV).unwrap()),
+        Err(LoadError::TooLarge { limit: 1000, .. })
+    ));
 }
 
 #[test]
@@ -344,5 +400,8 @@ fn compiled_components_are_cached_by_hash_and_engine() {
     assert!(second.from_cache());
     assert_eq!(second.sha256(), first.sha256());
     let mut kv = fresh(&second);
-    assert_eq!(kv.apply(entries(&[&put("a", "1")])).unwrap()[0].result, ok(r#"{"previous":null}"#));
+    assert_eq!(
+        kv.apply(entries(&[&put("a", "1")])).unwrap()[0].result,
+        ok(r#"{"previous":null}"#)
+    );
 }

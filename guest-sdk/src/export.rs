@@ -49,12 +49,7 @@ pub trait StateMachine: Default + 'static {
     }
 
     /// Applies one committed command.
-    fn apply(
-        &mut self,
-        ctx: &EntryContext,
-        kv: &mut Kv,
-        command: Self::Command,
-    ) -> Result<Self::Response, Error>;
+    fn apply(&mut self, ctx: &EntryContext, kv: &mut Kv, command: Self::Command) -> Result<Self::Response, Error>;
 
     /// Answers a read request from the current state.
     fn query(&self, kv: &Kv, request: Self::Query) -> Result<Self::QueryResponse, Error>;
@@ -66,16 +61,14 @@ pub(crate) fn apply_payload<T: StateMachine>(
     ctx: &EntryContext,
     payload: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let command: T::Command = serde_json::from_slice(payload)
-        .map_err(|err| format!("malformed command: {err}"))?;
+    let command: T::Command = serde_json::from_slice(payload).map_err(|err| format!("malformed command: {err}"))?;
     let response = machine.apply(ctx, &mut Kv::new(), command)?;
     serde_json::to_vec(&response).map_err(|err| format!("encoding the response: {err}"))
 }
 
 /// Decodes, answers and encodes one query.
 pub(crate) fn query_payload<T: StateMachine>(machine: &T, request: &[u8]) -> Result<Vec<u8>, String> {
-    let request: T::Query =
-        serde_json::from_slice(request).map_err(|err| format!("malformed query: {err}"))?;
+    let request: T::Query = serde_json::from_slice(request).map_err(|err| format!("malformed query: {err}"))?;
     let response = machine.query(&Kv::new(), request)?;
     serde_json::to_vec(&response).map_err(|err| format!("encoding the response: {err}"))
 }

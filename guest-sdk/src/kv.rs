@@ -30,11 +30,7 @@ impl Kv {
     }
 
     /// Every pair with `start <= key < end`, ascending, fetched page by page.
-    pub fn range<'a>(
-        &'a self,
-        start: &[u8],
-        end: Option<&'a [u8]>,
-    ) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + 'a {
+    pub fn range<'a>(&'a self, start: &[u8], end: Option<&'a [u8]>) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + 'a {
         let mut next_start = Some(start.to_vec());
         let mut page = Vec::new().into_iter();
         std::iter::from_fn(move || {

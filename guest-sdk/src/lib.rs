@@ -117,7 +117,7 @@ macro_rules! export {
                     $crate::__private::restore_finish::<$machine>()
                 }
             }
-            $crate::__bindings::__export_state_machine!(Export with_types_in $crate::__bindings);
+    $crate::__bindings::__export_state_machine!(Export with_types_in $crate::__bindings);
         };
     };
 }

@@ -107,7 +107,9 @@ impl SnapshotReader {
         match (self.seen_magic, self.buffer.len()) {
             (true, 0) => Ok(()),
             (false, _) => Err(Error::new("snapshot stream ended before its header")),
-            (true, n) => Err(Error::new(format!("snapshot stream truncated: {n} bytes of an incomplete record"))),
+            (true, n) => Err(Error::new(format!(
+                "snapshot stream truncated: {n} bytes of an incomplete record"
+            ))),
         }
     }
 }

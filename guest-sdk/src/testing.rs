@@ -218,7 +218,9 @@ pub fn check_batch_independence<T: StateMachine>(payloads: &[Vec<u8>]) -> Result
             ));
         }
         if kv != reference_kv {
-            return Err(format!("kv state differs between one batch and batches of {reload_every}"));
+            return Err(format!(
+                "kv state differs between one batch and batches of {reload_every}"
+            ));
         }
     }
     Ok(())
@@ -241,11 +243,7 @@ pub(crate) mod native {
     }
 
     /// Installs `committed` for the duration of `f` and hands it back with `f`'s overlay.
-    pub(crate) fn run<R>(
-        committed: BTreeMap<Vec<u8>, Vec<u8>>,
-        read_only: bool,
-        f: impl FnOnce() -> R,
-    ) -> (R, State) {
+    pub(crate) fn run<R>(committed: BTreeMap<Vec<u8>, Vec<u8>>, read_only: bool, f: impl FnOnce() -> R) -> (R, State) {
         let state = State {
             committed,
             overlay: BTreeMap::new(),

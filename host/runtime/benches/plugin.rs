@@ -1,1 +1,159 @@
-fn main() {}
+//! The kv plugin in WASM against the same kv logic compiled natively, plus load costs.
+//!
+//! `cargo bench -p wasmraft-runtime`. Entries are puts with 16-byte keys and 100-byte values. The
+//! native side is the same `plugins/kv` crate driven by `wasmraft_guest::testing` (in-memory kv,
+//! per-entry overlay and commit, as the runtime does with its `MemoryBackend`). After criterion's
+//! figures, a summary prints entries/s and the WASM/native ratio per batch size, measured in the
+//! same run so machine noise cancels.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
+use wasmraft_guest::testing::TestHost;
+use wasmraft_runtime::{Entry, InitContext, MemoryBackend, Plugin, PluginCode, Runtime, RuntimeConfig};
+
+mod plugin_build {
+    #![allow(dead_code, reason = "shared with build.rs, which uses all of it")]
+    include!("../../../build/plugins.rs");
+}
+use plugin_build::build_plugins;
+
+const BATCH_SIZES: [usize; 3] = [1, 16, 256];
+/// Distinct keys the puts cycle through, so the map's size stays fixed while benchmarking.
+const KEY_SPACE: u64 = 10_000;
+
+fn kv_wasm() -> Vec<u8> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), PathBuf::from);
+    let built = build_plugins(&repo, &target).unwrap_or_else(|e| panic!("{e}"));
+    let (_, path) = built.iter().find(|(name, _)| name == "kv").expect("kv plugin");
+    std::fs::read(path).unwrap()
+}
+
+fn payload(n: u64) -> Vec<u8> {
+    let key = format!("key-{:012}", n % KEY_SPACE); // 16 bytes
+    let value = format!("{:0100}", n); // 100 bytes
+    format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#).into_bytes()
+}
+
+fn batch(start: u64, size: usize) -> Vec<Entry> {
+    (0..size as u64)
+        .map(|i| Entry {
+            index: start + i + 1,
+            term: 1,
+            timestamp_ms: 0,
+            payload: payload(start + i),
+        })
+        .collect()
+}
+
+fn wasm_plugin(code: &PluginCode) -> Plugin {
+    let mut plugin = code.instantiate("bench", Box::new(MemoryBackend::new())).unwrap();
+    plugin.init(&InitContext::default()).unwrap().unwrap();
+    plugin
+}
+
+/// Applies `batches` batches of `size` through wasm; returns entries applied.
+fn run_wasm(plugin: &mut Plugin, next: &mut u64, size: usize) -> usize {
+    let entries = batch(*next, size);
+    *next += size as u64;
+    let outcomes = plugin.apply(entries).unwrap();
+    debug_assert!(outcomes.iter().all(|o| o.result.is_ok()));
+    outcomes.len()
+}
+
+fn run_native(host: &mut TestHost<kv::KvPlugin>, next: &mut u64, size: usize) -> usize {
+    for entry in batch(*next, size) {
+        host.apply(&entry.payload).unwrap();
+    }
+    *next += size as u64;
+    size
+}
+
+fn apply(c: &mut Criterion) {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let code = runtime.load(&kv_wasm()).unwrap();
+    let mut group = c.benchmark_group("apply");
+    for size in BATCH_SIZES {
+        group.throughput(Throughput::Elements(size as u64));
+        let mut plugin = wasm_plugin(&code);
+        let mut next = 0;
+        group.bench_function(format!("wasm/batch-{size}"), |b| {
+            b.iter(|| run_wasm(&mut plugin, &mut next, size))
+        });
+        let mut host = TestHost::<kv::KvPlugin>::new();
+        let mut next = 0;
+        group.bench_function(format!("native/batch-{size}"), |b| {
+            b.iter(|| run_native(&mut host, &mut next, size))
+        });
+    }
+    group.finish();
+}
+
+fn load(c: &mut Criterion) {
+    let bytes = kv_wasm();
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    group.bench_function("compile", |b| b.iter(|| runtime.load(&bytes).unwrap()));
+    let cache = tempfile::tempdir().unwrap();
+    let cached = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    cached.load(&bytes).unwrap();
+    group.bench_function("precompiled", |b| {
+        b.iter(|| assert!(cached.load(&bytes).unwrap().from_cache()))
+    });
+    group.finish();
+
+    let code = runtime.load(&bytes).unwrap();
+    c.bench_function("instantiate+init", |b| {
+        b.iter_batched(
+            || code.instantiate("bench", Box::new(MemoryBackend::new())).unwrap(),
+            |mut plugin| plugin.init(&InitContext::default()).unwrap().unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+/// Entries/s for WASM and native in alternating rounds, and their ratio.
+fn ratio_summary() {
+    const ROUND: Duration = Duration::from_millis(500);
+    const ROUNDS: usize = 4;
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let code = runtime.load(&kv_wasm()).unwrap();
+    println!("\nkv plugin, puts with 16-byte keys and 100-byte values (entries/s, same run):");
+    println!("{:>6} {:>14} {:>14} {:>12}", "batch", "wasm", "native", "wasm/native");
+    for size in BATCH_SIZES {
+        let (mut wasm_n, mut wasm_t, mut native_n, mut native_t) = (0, Duration::ZERO, 0, Duration::ZERO);
+        let mut plugin = wasm_plugin(&code);
+        let mut host = TestHost::<kv::KvPlugin>::new();
+        let (mut next_w, mut next_n) = (0, 0);
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            while start.elapsed() < ROUND {
+                wasm_n += run_wasm(&mut plugin, &mut next_w, size);
+            }
+            wasm_t += start.elapsed();
+            let start = Instant::now();
+            while start.elapsed() < ROUND {
+                native_n += run_native(&mut host, &mut next_n, size);
+            }
+            native_t += start.elapsed();
+        }
+        let wasm = wasm_n as f64 / wasm_t.as_secs_f64();
+        let native = native_n as f64 / native_t.as_secs_f64();
+        println!("{size:>6} {wasm:>14.0} {native:>14.0} {:>11.2}x", wasm / native);
+    }
+}
+
+criterion_group!(benches, apply, load);
+
+fn main() {
+    benches();
+    ratio_summary();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -66,7 +66,9 @@ impl Script {
             }
             let value: serde_json::Value =
                 serde_json::from_str(trimmed).map_err(|e| format!("script line {line_no}: not JSON: {e}"))?;
-            let object = value.as_object().ok_or(format!("script line {line_no}: expected an object"))?;
+            let object = value
+                .as_object()
+                .ok_or(format!("script line {line_no}: expected an object"))?;
             let expect = match (object.get("expect"), object.get("expect_error")) {
                 (Some(_), Some(_)) => return Err(format!("script line {line_no}: both expect and expect_error")),
                 (Some(result), None) => Expect::Result(result.to_string().into_bytes()),
@@ -76,7 +78,11 @@ impl Script {
             let (kind, payload) = match (object.get("apply"), object.get("query")) {
                 (Some(cmd), None) => ("apply", cmd),
                 (None, Some(req)) => ("query", req),
-                _ => return Err(format!("script line {line_no}: needs exactly one of \"apply\" or \"query\"")),
+                _ => {
+                    return Err(format!(
+                        "script line {line_no}: needs exactly one of \"apply\" or \"query\""
+                    ));
+                }
             };
             let step = Step {
                 line: line_no,
@@ -100,7 +106,10 @@ impl Script {
     pub fn kv_smoke() -> Self {
         let mut lines = Vec::new();
         for i in 0..24 {
-            lines.push(format!(r#"{{"apply":{{"op":"put","key":"k{i}","value":"v{}"}}}}"#, "x".repeat(i * 37)));
+            lines.push(format!(
+                r#"{{"apply":{{"op":"put","key":"k{i}","value":"v{}"}}}}"#,
+                "x".repeat(i * 37)
+            ));
         }
         lines.push(r#"{"apply":{"op":"put","key":"k1","value":"overwritten"}}"#.to_string());
         lines.push(r#"{"apply":{"op":"delete","key":"k2"}}"#.to_string());
@@ -162,8 +171,17 @@ pub fn run(runtime: &Runtime, bytes: &[u8], script: &Script, mut progress: impl 
         }
     };
     report.load_time = started.elapsed();
-    let wasi = if code.imports().iter().any(|i| i.starts_with("wasi:")) { "imports WASI (deterministic context)" } else { "imports no WASI" };
-    let detail = format!("{} bytes, sha256 {}, {wasi}, compiled in {:.0?}", code.size(), code.sha256_hex(), report.load_time);
+    let wasi = if code.imports().iter().any(|i| i.starts_with("wasi:")) {
+        "imports WASI (deterministic context)"
+    } else {
+        "imports no WASI"
+    };
+    let detail = format!(
+        "{} bytes, sha256 {}, {wasi}, compiled in {:.0?}",
+        code.size(),
+        code.sha256_hex(),
+        report.load_time
+    );
     if !record(&mut report, "validate", Ok(detail)) {
         return report;
     }
@@ -191,7 +209,12 @@ pub fn run(runtime: &Runtime, bytes: &[u8], script: &Script, mut progress: impl 
             return report;
         }
     };
-    let detail = format!("{} entries, {} keys, max {} fuel per entry", log.len(), state.len(), stats.max_entry_fuel);
+    let detail = format!(
+        "{} entries, {} keys, max {} fuel per entry",
+        log.len(),
+        state.len(),
+        stats.max_entry_fuel
+    );
     if !record(&mut report, "apply", Ok(detail)) {
         return report;
     }
@@ -208,7 +231,11 @@ pub fn run(runtime: &Runtime, bytes: &[u8], script: &Script, mut progress: impl 
             return report;
         }
     };
-    if !record(&mut report, "query-read-only", Ok(format!("{} queries, state unchanged", answers.len()))) {
+    if !record(
+        &mut report,
+        "query-read-only",
+        Ok(format!("{} queries, state unchanged", answers.len())),
+    ) {
         return report;
     }
 
@@ -222,7 +249,9 @@ pub fn run(runtime: &Runtime, bytes: &[u8], script: &Script, mut progress: impl 
 type Results = Vec<Result<Vec<u8>, PluginError>>;
 
 fn fresh(code: &PluginCode) -> Result<Plugin, String> {
-    let mut plugin = code.instantiate("plugin-test", Box::new(MemoryBackend::new())).map_err(|e| e.to_string())?;
+    let mut plugin = code
+        .instantiate("plugin-test", Box::new(MemoryBackend::new()))
+        .map_err(|e| e.to_string())?;
     match plugin.init(&InitContext::default()) {
         Ok(Ok(())) => Ok(plugin),
         Ok(Err(failure)) => Err(format!("init failed: {failure}")),
@@ -265,15 +294,27 @@ fn check_step(kind: &str, step: &Step, result: &Result<Vec<u8>, PluginError>) ->
     match (&step.expect, result) {
         (Expect::Success, Ok(_)) => Ok(()),
         (Expect::Result(want), Ok(got)) => {
-            let same = match (serde_json::from_slice::<serde_json::Value>(want), serde_json::from_slice::<serde_json::Value>(got)) {
+            let same = match (
+                serde_json::from_slice::<serde_json::Value>(want),
+                serde_json::from_slice::<serde_json::Value>(got),
+            ) {
                 (Ok(a), Ok(b)) => a == b,
                 _ => want == got,
             };
-            if same { Ok(()) } else { Err(format!("{at}: expected {} but got {}", text(want), text(got))) }
+            if same {
+                Ok(())
+            } else {
+                Err(format!("{at}: expected {} but got {}", text(want), text(got)))
+            }
         }
         (Expect::Error(want), Err(err)) if err.to_string().contains(want.as_str()) => Ok(()),
-        (Expect::Error(want), Err(err)) => Err(format!("{at}: expected an error containing {want:?}, got error: {err}")),
-        (Expect::Error(want), Ok(got)) => Err(format!("{at}: expected an error containing {want:?}, got {}", text(got))),
+        (Expect::Error(want), Err(err)) => {
+            Err(format!("{at}: expected an error containing {want:?}, got error: {err}"))
+        }
+        (Expect::Error(want), Ok(got)) => Err(format!(
+            "{at}: expected an error containing {want:?}, got {}",
+            text(got)
+        )),
         (_, Err(err)) => Err(format!("{at} failed: {err}")),
     }
 }
@@ -287,7 +328,12 @@ fn apply_checked(plugin: &mut Plugin, log: &[Entry], script: &Script) -> Result<
     Ok((results, dump(plugin)?))
 }
 
-fn check_batch_independence(code: &PluginCode, log: &[Entry], whole: &Results, state: &[Pair]) -> Result<String, String> {
+fn check_batch_independence(
+    code: &PluginCode,
+    log: &[Entry],
+    whole: &Results,
+    state: &[Pair],
+) -> Result<String, String> {
     for batch in BATCH_SIZES {
         let mut results = Vec::new();
         let mut last = None;
@@ -322,7 +368,10 @@ fn check_batch_independence(code: &PluginCode, log: &[Entry], whole: &Results, s
             ));
         }
     }
-    Ok(format!("same results and state in batches of {:?} and one batch", BATCH_SIZES))
+    Ok(format!(
+        "same results and state in batches of {:?} and one batch",
+        BATCH_SIZES
+    ))
 }
 
 fn show(result: &Result<Vec<u8>, PluginError>) -> String {
@@ -375,7 +424,9 @@ fn check_snapshot_round_trip(
     }
     let bytes: usize = chunks.iter().map(Vec::len).sum();
     let count = chunks.len();
-    let mut restored = code.instantiate("plugin-test", Box::new(MemoryBackend::new())).map_err(|e| e.to_string())?;
+    let mut restored = code
+        .instantiate("plugin-test", Box::new(MemoryBackend::new()))
+        .map_err(|e| e.to_string())?;
     match restored.restore(chunks) {
         Ok(Ok(())) => {}
         Ok(Err(failure)) => return Err(format!("restore failed: {failure}")),
@@ -393,7 +444,12 @@ fn check_snapshot_round_trip(
     for (step, want) in script.queries.iter().zip(answers) {
         let got = restored.query(&step.payload).map_err(|e| format!("node fault: {e}"))?;
         if &got != want {
-            return Err(format!("after restore, query at line {} gave {} instead of {}", step.line, show(&got), show(want)));
+            return Err(format!(
+                "after restore, query at line {} gave {} instead of {}",
+                step.line,
+                show(&got),
+                show(want)
+            ));
         }
     }
     Ok(format!("{bytes} bytes in {count} chunks, state and answers identical"))

@@ -49,11 +49,15 @@ pub enum LoadError {
     TooLarge { size: usize, limit: usize },
     #[error("not a WebAssembly binary (no \\0asm header)")]
     NotWasm,
-    #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 or wrap it with `wasm-tools component new`")]
+    #[error(
+        "a core WebAssembly module, not a component: build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
     CoreModule,
     #[error("invalid component: {0}")]
     Invalid(String),
-    #[error("component imports {names:?}, which wasmraft does not provide (allowed: wasmraft:plugin/kv, entries, log, and wasi:*)")]
+    #[error(
+        "component imports {names:?}, which wasmraft does not provide (allowed: wasmraft:plugin/kv, entries, log, and wasi:*)"
+    )]
     UnsupportedImports { names: Vec<String> },
     #[error("component does not implement world wasmraft:plugin/state-machine: {0}")]
     WrongWorld(String),

@@ -159,16 +159,25 @@ impl Plugin {
                         record(state, index, fuel_left, Err(error)).map_err(host_fault)?;
                     } else if state.apply.queue.len() == remaining {
                         if let Some(entry) = state.apply.queue.pop_front() {
-                            let error = PluginError::Protocol(format!("apply returned without taking entry {}", entry.index));
+                            let error =
+                                PluginError::Protocol(format!("apply returned without taking entry {}", entry.index));
                             record(state, entry.index, fuel_left, Err(error)).map_err(host_fault)?;
                         }
                     }
                 }
                 Ok(Err(failure)) => {
                     // The entry in flight, or (a trap between entries) the next one, takes the blame.
-                    let blamed = state.apply.current.take().or_else(|| state.apply.queue.pop_front().map(|e| e.index));
+                    let blamed = state
+                        .apply
+                        .current
+                        .take()
+                        .or_else(|| state.apply.queue.pop_front().map(|e| e.index));
                     if let Some(index) = blamed {
-                        let fuel_left = if matches!(failure, PluginError::FuelExhausted { .. }) { 0 } else { fuel_left };
+                        let fuel_left = if matches!(failure, PluginError::FuelExhausted { .. }) {
+                            0
+                        } else {
+                            fuel_left
+                        };
                         record(state, index, fuel_left, Err(failure)).map_err(host_fault)?;
                     }
                 }
@@ -180,7 +189,9 @@ impl Plugin {
     /// Answers a read-only query. A write attempt fails the query with [`PluginError::ReadOnly`].
     pub fn query(&mut self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         let limits = self.store.data().limits.clone();
-        let result = self.call(Mode::Query, limits.fuel_per_call, |sm, store| sm.call_query(store, request))?;
+        let result = self.call(Mode::Query, limits.fuel_per_call, |sm, store| {
+            sm.call_query(store, request)
+        })?;
         Ok(result.and_then(|inner| check_output(limits.max_output_bytes, inner)))
     }
 
@@ -195,12 +206,17 @@ impl Plugin {
             return Ok(Err(failure));
         }
         loop {
-            match self.call(Mode::Snapshot, fuel, |sm, store| sm.call_snapshot_next(store, max_chunk))? {
+            match self.call(Mode::Snapshot, fuel, |sm, store| {
+                sm.call_snapshot_next(store, max_chunk)
+            })? {
                 Err(failure) => return Ok(Err(failure)),
                 Ok(None) => return Ok(Ok(())),
                 Ok(Some(chunk)) if chunk.len() > max_chunk as usize => {
                     let limit = max_chunk as usize;
-                    return Ok(Err(PluginError::Limit(LimitExceeded::Chunk { size: chunk.len(), limit })));
+                    return Ok(Err(PluginError::Limit(LimitExceeded::Chunk {
+                        size: chunk.len(),
+                        limit,
+                    })));
                 }
                 Ok(Some(chunk)) => sink(chunk)?,
             }
@@ -208,7 +224,10 @@ impl Plugin {
     }
 
     /// Restores a snapshot stream into this plugin's backend, which must be empty.
-    pub fn restore(&mut self, chunks: impl IntoIterator<Item = Vec<u8>>) -> Result<Result<(), PluginError>, RuntimeError> {
+    pub fn restore(
+        &mut self,
+        chunks: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<Result<(), PluginError>, RuntimeError> {
         let fuel = self.store.data().limits.fuel_per_call;
         if let Err(failure) = self.call(Mode::Restore, fuel, |sm, store| sm.call_restore_begin(store))? {
             return Ok(Err(failure));
@@ -235,7 +254,9 @@ impl Plugin {
             Some(instance) => instance,
             None => {
                 self.instantiations += 1;
-                self.store.set_fuel(self.store.data().limits.fuel_per_call).map_err(engine_fault)?;
+                self.store
+                    .set_fuel(self.store.data().limits.fuel_per_call)
+                    .map_err(engine_fault)?;
                 self.code
                     .inner
                     .pre
@@ -281,7 +302,9 @@ impl Plugin {
             return Ok(PluginError::Panicked(message));
         }
         Ok(match err.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => PluginError::FuelExhausted { limit: state.fuel_budget },
+            Some(Trap::OutOfFuel) => PluginError::FuelExhausted {
+                limit: state.fuel_budget,
+            },
             Some(Trap::StackOverflow) => PluginError::Limit(LimitExceeded::Stack {
                 limit: state.limits.max_wasm_stack,
             }),

@@ -110,7 +110,8 @@ impl Runtime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         config.limits.max_wasm_stack.hash(&mut hasher);
         if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Engine(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::Engine(format!("creating {}: {e}", dir.display())))?;
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -153,7 +154,11 @@ impl Runtime {
         let (component, from_cache) = self.compile_cached(bytes, &sha256)?;
 
         let engine = &self.inner.engine;
-        let imports: Vec<String> = component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect();
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let unsupported: Vec<String> = imports
             .iter()
             .filter(|name| !name.starts_with("wasmraft:plugin/") && !name.starts_with("wasi:"))
@@ -162,17 +167,24 @@ impl Runtime {
         if !unsupported.is_empty() {
             return Err(LoadError::UnsupportedImports { names: unsupported });
         }
-        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::UnsupportedImports {
-            names: vec![format!("{e:#}")],
-        })?;
+        let instance_pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::UnsupportedImports {
+                    names: vec![format!("{e:#}")],
+                })?;
         let pre = StateMachinePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
 
         // A trial instantiation: catches start functions that trap and components over the
         // instance/memory/table limits now, not on the apply path.
         let state = HostState::new(Box::new(MemoryBackend::new()), self.limits_arc(), "validation".into());
         let mut store = store_with(self, state);
-        store.set_fuel(limits.fuel_per_call).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
-        pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        store
+            .set_fuel(limits.fuel_per_call)
+            .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        pre.instantiate(&mut store)
+            .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
 
         Ok(PluginCode {
             inner: Arc::new(CodeInner {

@@ -52,7 +52,13 @@ impl StateMachine for Counter {
             .value
             .checked_add(add.by)
             .ok_or_else(|| Error::new(format!("counter {} would overflow", add.name)))?;
-        kv.set_json(&key, &Stored { value, updated_ms: ctx.timestamp_ms })?;
+        kv.set_json(
+            &key,
+            &Stored {
+                value,
+                updated_ms: ctx.timestamp_ms,
+            },
+        )?;
         Ok(value)
     }
 
@@ -76,21 +82,30 @@ mod tests {
         assert_eq!(host.apply_json(r#"{"name":"a"}"#), Ok("1".into()));
         assert_eq!(host.apply_json(r#"{"name":"a","by":4}"#), Ok("5".into()));
         assert_eq!(host.apply_json(r#"{"name":"b","by":2}"#), Ok("2".into()));
-        assert_eq!(host.query_json(r#"{"name":"a"}"#), Ok(r#"{"value":5,"updated_ms":1700000000000}"#.into()));
+        assert_eq!(
+            host.query_json(r#"{"name":"a"}"#),
+            Ok(r#"{"value":5,"updated_ms":1700000000000}"#.into())
+        );
     }
 
     #[test]
     fn overflow_is_an_error_that_changes_nothing() {
         let mut host = TestHost::<Counter>::new();
-        host.apply_json(&format!(r#"{{"name":"a","by":{}}}"#, i64::MAX)).unwrap();
+        host.apply_json(&format!(r#"{{"name":"a","by":{}}}"#, i64::MAX))
+            .unwrap();
         let before = host.kv().clone();
-        assert_eq!(host.apply_json(r#"{"name":"a"}"#), Err("counter a would overflow".into()));
+        assert_eq!(
+            host.apply_json(r#"{"name":"a"}"#),
+            Err("counter a would overflow".into())
+        );
         assert_eq!(host.kv(), &before);
     }
 
     #[test]
     fn counting_is_batch_independent() {
-        let commands: Vec<Vec<u8>> = (0..20).map(|i| format!(r#"{{"name":"n{}","by":{i}}}"#, i % 3).into_bytes()).collect();
+        let commands: Vec<Vec<u8>> = (0..20)
+            .map(|i| format!(r#"{{"name":"n{}","by":{i}}}"#, i % 3).into_bytes())
+            .collect();
         check_batch_independence::<Counter>(&commands).unwrap();
     }
 }

@@ -22,11 +22,26 @@ pub const MAX_SCAN_LIMIT: u32 = 1000;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Op {
-    Put { key: String, value: String },
-    Get { key: String },
-    Delete { key: String },
-    Cas { key: String, expected: Option<String>, value: String },
-    Scan { start: String, end: Option<String>, limit: Option<u32> },
+    Put {
+        key: String,
+        value: String,
+    },
+    Get {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    Cas {
+        key: String,
+        expected: Option<String>,
+        value: String,
+    },
+    Scan {
+        start: String,
+        end: Option<String>,
+        limit: Option<u32>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,11 +80,18 @@ fn read(kv: &Kv, op: Op) -> Result<Reply, Error> {
             let items = kv
                 .scan(start.as_bytes(), end.as_ref().map(String::as_bytes), limit)
                 .into_iter()
-                .map(|(key, value)| Ok(Item { key: text(key)?, value: text(value)? }))
+                .map(|(key, value)| {
+                    Ok(Item {
+                        key: text(key)?,
+                        value: text(value)?,
+                    })
+                })
                 .collect::<Result<_, Error>>()?;
             Ok(Reply::Scan { items })
         }
-        other => Err(Error::new(format!("{other:?} is a write: send it as a command, not a query"))),
+        other => Err(Error::new(format!(
+            "{other:?} is a write: send it as a command, not a query"
+        ))),
     }
 }
 
@@ -95,9 +117,15 @@ impl StateMachine for KvPlugin {
                 let current = get(kv, &key)?;
                 if current == expected {
                     kv.set(key.as_bytes(), value.as_bytes());
-                    Ok(Reply::Cas { swapped: true, current: Some(value) })
+                    Ok(Reply::Cas {
+                        swapped: true,
+                        current: Some(value),
+                    })
                 } else {
-                    Ok(Reply::Cas { swapped: false, current })
+                    Ok(Reply::Cas {
+                        swapped: false,
+                        current,
+                    })
                 }
             }
             read_op => read(kv, read_op),
@@ -128,9 +156,18 @@ mod tests {
     #[test]
     fn put_then_get_returns_the_value_and_the_previous_one() {
         let mut host = TestHost::<KvPlugin>::new();
-        assert_eq!(host.apply_json(r#"{"op":"put","key":"a","value":"1"}"#), Ok(r#"{"previous":null}"#.into()));
-        assert_eq!(host.apply_json(r#"{"op":"put","key":"a","value":"2"}"#), Ok(r#"{"previous":"1"}"#.into()));
-        assert_eq!(host.query_json(r#"{"op":"get","key":"a"}"#), Ok(r#"{"value":"2"}"#.into()));
+        assert_eq!(
+            host.apply_json(r#"{"op":"put","key":"a","value":"1"}"#),
+            Ok(r#"{"previous":null}"#.into())
+        );
+        assert_eq!(
+            host.apply_json(r#"{"op":"put","key":"a","value":"2"}"#),
+            Ok(r#"{"previous":"1"}"#.into())
+        );
+        assert_eq!(
+            host.query_json(r#"{"op":"get","key":"a"}"#),
+            Ok(r#"{"value":"2"}"#.into())
+        );
     }
 
     #[test]
@@ -166,8 +203,14 @@ mod tests {
     #[test]
     fn delete_reports_whether_the_key_existed() {
         let mut host = host_with(&[r#"{"op":"put","key":"a","value":"1"}"#]);
-        assert_eq!(host.apply_json(r#"{"op":"delete","key":"a"}"#), Ok(r#"{"deleted":true}"#.into()));
-        assert_eq!(host.apply_json(r#"{"op":"delete","key":"a"}"#), Ok(r#"{"deleted":false}"#.into()));
+        assert_eq!(
+            host.apply_json(r#"{"op":"delete","key":"a"}"#),
+            Ok(r#"{"deleted":true}"#.into())
+        );
+        assert_eq!(
+            host.apply_json(r#"{"op":"delete","key":"a"}"#),
+            Ok(r#"{"deleted":false}"#.into())
+        );
         assert!(host.kv().is_empty());
     }
 
@@ -175,7 +218,11 @@ mod tests {
     fn malformed_commands_and_writes_sent_as_queries_are_errors_that_change_nothing() {
         let mut host = host_with(&[r#"{"op":"put","key":"a","value":"1"}"#]);
         let before = host.kv().clone();
-        assert!(host.apply_json(r#"{"op":"nope"}"#).unwrap_err().starts_with("malformed command"));
+        assert!(
+            host.apply_json(r#"{"op":"nope"}"#)
+                .unwrap_err()
+                .starts_with("malformed command")
+        );
         assert!(host.apply_json("not json").is_err());
         assert!(host.query_json(r#"{"op":"put","key":"a","value":"x"}"#).is_err());
         assert_eq!(host.kv(), &before);

@@ -16,7 +16,9 @@ const INTERFACE: &str = "wasmraft:plugin/entries@0.1.0";
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     let mut instance = linker.instance(INTERFACE)?;
-    instance.func_wrap("next", |store: StoreContextMut<'_, HostState>, (): ()| next(store).map(|e| (e,)))?;
+    instance.func_wrap("next", |store: StoreContextMut<'_, HostState>, (): ()| {
+        next(store).map(|e| (e,))
+    })?;
     instance.func_wrap(
         "finish",
         |store: StoreContextMut<'_, HostState>, (outcome,): (Result<Vec<u8>, String>,)| finish(store, outcome),
@@ -62,7 +64,9 @@ fn finish(mut store: StoreContextMut<'_, HostState>, outcome: Result<Vec<u8>, St
     let state = store.data_mut();
     in_apply(state, "finish")?;
     let Some(index) = state.apply.current.take() else {
-        return Err(HostAbort::Protocol("entries.finish called without an entry (call entries.next first)".into()).into());
+        return Err(
+            HostAbort::Protocol("entries.finish called without an entry (call entries.next first)".into()).into(),
+        );
     };
     let result = check_output(state.limits.max_output_bytes, outcome);
     record(state, index, fuel_left, result)?;

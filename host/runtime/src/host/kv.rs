@@ -74,7 +74,9 @@ impl kv::Host for HostState {
 
     fn scan(&mut self, start: Vec<u8>, end: Option<Vec<u8>>, limit: u32) -> wasmtime::Result<Vec<Pair>> {
         if limit > MAX_SCAN_PAIRS {
-            return Err(HostAbort::Protocol(format!("scan limit {limit} is over the maximum of {MAX_SCAN_PAIRS}")).into());
+            return Err(
+                HostAbort::Protocol(format!("scan limit {limit} is over the maximum of {MAX_SCAN_PAIRS}")).into(),
+            );
         }
         let limit = limit as usize;
         let Some(range) = range_bounds(&start, end.as_deref()) else {
