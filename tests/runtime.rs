@@ -4,8 +4,8 @@
 
 use wasmraft::plugins;
 use wasmraft_runtime::{
-    Entry, EntryOutcome, InitContext, LimitExceeded, Limits, LoadError, MemoryBackend, Plugin, PluginCode, PluginError,
-    Runtime, RuntimeConfig,
+    Entry, EntryOutcome, InitContext, LimitExceeded, Limits, LoadError, MemoryBackend, Pair, Plugin, PluginCode,
+    PluginError, Runtime, RuntimeConfig,
 };
 
 /// Limits small enough that hostile plugins hit them in milliseconds.
@@ -53,11 +53,13 @@ fn put(key: &str, value: &str) -> String {
     format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#)
 }
 
-fn pairs(plugin: &Plugin) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn pairs(plugin: &Plugin) -> Vec<Pair> {
     plugin.backend().scan(b"", None, usize::MAX).unwrap()
 }
 
-fn results(outcomes: &[EntryOutcome]) -> Vec<Result<Vec<u8>, PluginError>> {
+type Results = Vec<Result<Vec<u8>, PluginError>>;
+
+fn results(outcomes: &[EntryOutcome]) -> Results {
     outcomes.iter().map(|o| o.result.clone()).collect()
 }
 
@@ -236,11 +238,7 @@ fn mixed_log() -> Vec<String> {
         .collect()
 }
 
-fn apply_in_batches(
-    code: &PluginCode,
-    log: &[Entry],
-    batch: usize,
-) -> (Vec<Result<Vec<u8>, PluginError>>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn apply_in_batches(code: &PluginCode, log: &[Entry], batch: usize) -> (Results, Vec<Pair>) {
     let mut plugin = fresh(code);
     let mut outcomes = Vec::new();
     for chunk in log.chunks(batch) {

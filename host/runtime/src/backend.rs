@@ -46,7 +46,10 @@ impl MemoryBackend {
     }
 }
 
-pub(crate) fn range_bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+/// A `[start, end)` key range as bounds; `None` when it is empty.
+pub(crate) type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+pub(crate) fn range_bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> Option<KeyRange<'a>> {
     if end.is_some_and(|end| end <= start) {
         return None;
     }

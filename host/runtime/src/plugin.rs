@@ -157,12 +157,13 @@ impl Plugin {
                     if let Some(index) = state.apply.current.take() {
                         let error = PluginError::Protocol(format!("apply returned before finishing entry {index}"));
                         record(state, index, fuel_left, Err(error)).map_err(host_fault)?;
-                    } else if state.apply.queue.len() == remaining {
-                        if let Some(entry) = state.apply.queue.pop_front() {
-                            let error =
-                                PluginError::Protocol(format!("apply returned without taking entry {}", entry.index));
-                            record(state, entry.index, fuel_left, Err(error)).map_err(host_fault)?;
-                        }
+                    } else if state.apply.queue.len() == remaining
+                        && let Some(entry) = state.apply.queue.pop_front()
+                    {
+                        // Every call must make progress: one that takes nothing fails the next entry.
+                        let error =
+                            PluginError::Protocol(format!("apply returned without taking entry {}", entry.index));
+                        record(state, entry.index, fuel_left, Err(error)).map_err(host_fault)?;
                     }
                 }
                 Ok(Err(failure)) => {
