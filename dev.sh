@@ -47,10 +47,16 @@ test() {
     cargo clippy --workspace --all-targets -- -D warnings
     step "cargo clippy (plugins, wasm32-wasip2)"
     cargo clippy --manifest-path plugins/Cargo.toml --workspace --target wasm32-wasip2 -- -D warnings
-    step "cargo test (host workspace: runtime, guest SDK, end-to-end)"
-    cargo test --workspace
+    local log
+    log=$(mktemp)
     step "cargo test (plugins, natively through wasmraft_guest::testing)"
-    cargo test --manifest-path plugins/Cargo.toml --workspace
+    cargo test --manifest-path plugins/Cargo.toml --workspace 2>&1 | tee -a "$log"
+    step "cargo test (host workspace: runtime, guest SDK, end-to-end)"
+    cargo test --workspace 2>&1 | tee -a "$log"
+    # One closing line for the whole suite (cargo prints one per test binary).
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+         END { printf "\nwasmraft: %d passed, %d failed\n", p, f }' "$log"
+    rm -f "$log"
 }
 
 case "${1:-}" in

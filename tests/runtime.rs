@@ -403,3 +403,17 @@ fn compiled_components_are_cached_by_hash_and_engine() {
         ok(r#"{"previous":null}"#)
     );
 }
+
+#[test]
+fn every_bundled_plugin_loads_and_is_exercised_by_a_test() {
+    let runtime = runtime();
+    let sources = [include_str!("runtime.rs"), include_str!("plugin_test_cli.rs")].concat();
+    for (name, path) in plugins::ALL {
+        load(&runtime, path);
+        let constant = format!("plugins::{}", name.to_uppercase().replace('-', "_"));
+        assert!(
+            sources.contains(&constant),
+            "plugin {name} has no test using {constant}"
+        );
+    }
+}
