@@ -81,3 +81,98 @@ pub fn build_plugins(repo: &Path, target_dir: &Path) -> Result<Vec<(String, Path
 pub fn enclosing_target_dir(dir: &Path) -> Option<PathBuf> {
     dir.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf)
 }
+
+/// The kv plugin in other languages: `(name, sources under plugins/, command)`. Each command gets
+/// the output path appended; tools come from `tools/` (installed by `./dev.sh setup`).
+fn polyglot_plugins(repo: &Path) -> Vec<(&'static str, PathBuf, Vec<String>)> {
+    let tools = repo.join("tools");
+    let path = |p: PathBuf| p.display().to_string();
+    vec![
+        (
+            "kv-py",
+            repo.join("plugins/kv-py"),
+            vec![
+                path(tools.join("venv/bin/componentize-py")),
+                "-d".into(),
+                path(repo.join("wit")),
+                "-w".into(),
+                "state-machine".into(),
+                "componentize".into(),
+                "-p".into(),
+                path(repo.join("plugins/kv-py")),
+                "app".into(),
+                "-o".into(),
+            ],
+        ),
+        (
+            "kv-js",
+            repo.join("plugins/kv-js"),
+            vec![
+                path(tools.join("node_modules/.bin/componentize-js")),
+                path(repo.join("plugins/kv-js/kv.js")),
+                "--wit".into(),
+                path(repo.join("wit")),
+                "--world-name".into(),
+                "state-machine".into(),
+                // Nothing we do not provide: no stdio, random, clocks or http imports.
+                "-d".into(),
+                "stdio".into(),
+                "random".into(),
+                "clocks".into(),
+                "http".into(),
+                "fetch-event".into(),
+                "-o".into(),
+            ],
+        ),
+        ("kv-c", repo.join("plugins/kv-c"), vec![path(repo.join("plugins/kv-c/build.sh"))]),
+    ]
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = std::fs::metadata(dir).ok()?.modified().ok();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let mtime = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().ok()?.modified().ok() };
+        newest = newest.max(mtime);
+    }
+    newest
+}
+
+/// Builds the non-Rust kv plugins to `<target>/plugins/NAME.wasm` when their sources (or the
+/// WIT) are newer than the component. A plugin whose tool is not installed is skipped and named in
+/// the returned warnings: the tests that need it then fail with a hint to run `./dev.sh setup`.
+pub fn build_polyglot(repo: &Path, target_dir: &Path) -> Result<(Vec<(String, PathBuf)>, Vec<String>), String> {
+    let out_dir = target_dir.join("plugins");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    let wit_mtime = newest_mtime(&repo.join("wit"));
+    let mut built = Vec::new();
+    let mut warnings = Vec::new();
+    for (name, sources, command) in polyglot_plugins(repo) {
+        let dest = out_dir.join(format!("{name}.wasm"));
+        built.push((name.to_string(), dest.clone()));
+        if !Path::new(&command[0]).exists() {
+            warnings.push(format!("{name}: {} is not installed (run ./dev.sh setup)", command[0]));
+            continue;
+        }
+        let dest_mtime = std::fs::metadata(&dest).and_then(|m| m.modified()).ok();
+        if dest_mtime.is_some() && dest_mtime >= newest_mtime(&sources).max(wit_mtime) {
+            continue;
+        }
+        let tmp = out_dir.join(format!("{name}.wasm.tmp"));
+        let output = Command::new(&command[0])
+            .args(&command[1..])
+            .arg(&tmp)
+            .current_dir(repo)
+            .output()
+            .map_err(|e| format!("running {}: {e}", command[0]))?;
+        if !output.status.success() {
+            return Err(format!(
+                "building {name} failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| format!("moving {name}.wasm into place: {e}"))?;
+    }
+    Ok((built, warnings))
+}

@@ -39,6 +39,10 @@ enum PluginCommand {
         /// Without it, a built-in smoke script for kv-style plugins runs.
         #[arg(long)]
         script: Option<PathBuf>,
+        /// A reference implementation (e.g. target/plugins/kv.wasm): also check that this plugin
+        /// gives byte-identical results and the same state on the same log.
+        #[arg(long, value_name = "REFERENCE.wasm")]
+        reference: Option<PathBuf>,
         /// Fuel allowed per entry.
         #[arg(long, default_value_t = wasmraft_runtime::limits::FUEL_PER_ENTRY)]
         fuel_per_entry: u64,
@@ -69,12 +73,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 PluginCommand::Test {
                     file,
                     script,
+                    reference,
                     fuel_per_entry,
                     max_memory,
                 },
         } => plugin_test(
             file,
             script,
+            reference,
             Limits {
                 fuel_per_entry,
                 max_memory_bytes: max_memory,
@@ -84,8 +90,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn plugin_test(file: PathBuf, script: Option<PathBuf>, limits: Limits) -> anyhow::Result<ExitCode> {
+fn plugin_test(
+    file: PathBuf,
+    script: Option<PathBuf>,
+    reference: Option<PathBuf>,
+    limits: Limits,
+) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let reference = match &reference {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
     let script = match &script {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -98,9 +113,11 @@ fn plugin_test(file: PathBuf, script: Option<PathBuf>, limits: Limits) -> anyhow
         cache_dir: None,
     })?;
     println!("plugin test {} ({} bytes)", file.display(), bytes.len());
-    let report = conformance::run(&runtime, &bytes, &script, |check| match &check.outcome {
-        Ok(detail) => println!("  ok    {:<20} {detail}", check.name),
-        Err(reason) => println!("  FAIL  {:<20} {reason}", check.name),
+    let report = conformance::run(&runtime, &bytes, &script, reference.as_deref(), |check| {
+        match &check.outcome {
+            Ok(detail) => println!("  ok    {:<20} {detail}", check.name),
+            Err(reason) => println!("  FAIL  {:<20} {reason}", check.name),
+        }
     });
     println!(
         "  usage: max {} fuel per entry, peak linear memory {} KiB",

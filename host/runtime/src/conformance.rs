@@ -11,7 +11,10 @@
 //!   same results and the same kv state;
 //! - `query-read-only`: scripted queries answer (and match `expect`) without changing the state;
 //! - `snapshot-round-trip`: a snapshot restored into an empty space on a fresh instance gives the
-//!   same kv state and the same query answers.
+//!   same kv state and the same query answers;
+//! - `same-as-reference` (only with a reference component): the same log and queries give
+//!   byte-identical results and the same kv state as the reference implementation (errors must be
+//!   errors in both; their messages may differ between languages).
 //!
 //! A script is JSON lines: `{"apply": CMD}` or `{"query": REQ}` where `CMD`/`REQ` is the JSON
 //! value sent as the payload, optionally with `"expect": VALUE` (the result, as JSON) or
@@ -151,8 +154,15 @@ impl Report {
     }
 }
 
-/// Runs every check on `bytes`, calling `progress` as each check ends. Stops at the first failure.
-pub fn run(runtime: &Runtime, bytes: &[u8], script: &Script, mut progress: impl FnMut(&Check)) -> Report {
+/// Runs every check on `bytes` (and compares with `reference` when given), calling `progress` as
+/// each check ends. Stops at the first failure.
+pub fn run(
+    runtime: &Runtime,
+    bytes: &[u8],
+    script: &Script,
+    reference: Option<&[u8]>,
+    mut progress: impl FnMut(&Check),
+) -> Report {
     let mut report = Report::default();
     let mut record = |report: &mut Report, name: &'static str, outcome: Result<String, String>| {
         let check = Check { name, outcome };
@@ -240,9 +250,16 @@ pub fn run(runtime: &Runtime, bytes: &[u8], script: &Script, mut progress: impl 
     }
 
     let outcome = check_snapshot_round_trip(&code, &mut plugin, script, &state, &answers);
-    record(&mut report, "snapshot-round-trip", outcome);
     let stats = plugin.stats();
     report.peak_memory_bytes = report.peak_memory_bytes.max(stats.peak_memory_bytes);
+    if !record(&mut report, "snapshot-round-trip", outcome) {
+        return report;
+    }
+
+    if let Some(reference) = reference {
+        let outcome = compare_with_reference(runtime, reference, &log, script, &results, &state, &answers);
+        record(&mut report, "same-as-reference", outcome);
+    }
     report
 }
 
@@ -371,6 +388,64 @@ fn check_batch_independence(
     Ok(format!(
         "same results and state in batches of {:?} and one batch",
         BATCH_SIZES
+    ))
+}
+
+fn compare_with_reference(
+    runtime: &Runtime,
+    reference: &[u8],
+    log: &[Entry],
+    script: &Script,
+    results: &Results,
+    state: &[Pair],
+    answers: &Results,
+) -> Result<String, String> {
+    let code = runtime
+        .load(reference)
+        .map_err(|e| format!("the reference does not load: {e}"))?;
+    let mut plugin = fresh(&code).map_err(|e| format!("the reference: {e}"))?;
+    let outcomes = plugin.apply(log.to_vec()).map_err(|e| format!("node fault: {e}"))?;
+    let same = |a: &Result<Vec<u8>, PluginError>, b: &Result<Vec<u8>, PluginError>| match (a, b) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(_), Err(_)) => true,
+        _ => false,
+    };
+    for (i, (outcome, mine)) in outcomes.iter().zip(results).enumerate() {
+        if !same(&outcome.result, mine) {
+            return Err(format!(
+                "entry {} ({}) gave {} but the reference gave {}",
+                i + 1,
+                text(&log[i].payload),
+                show(mine),
+                show(&outcome.result)
+            ));
+        }
+    }
+    let pairs = dump(&plugin)?;
+    if pairs != state {
+        return Err(format!(
+            "kv state differs from the reference ({} vs {} keys{})",
+            state.len(),
+            pairs.len(),
+            first_difference(&pairs, state)
+        ));
+    }
+    for (step, mine) in script.queries.iter().zip(answers) {
+        let theirs = plugin.query(&step.payload).map_err(|e| format!("node fault: {e}"))?;
+        if !same(&theirs, mine) {
+            return Err(format!(
+                "query at script line {} gave {} but the reference gave {}",
+                step.line,
+                show(mine),
+                show(&theirs)
+            ));
+        }
+    }
+    Ok(format!(
+        "{} entries, {} queries and {} keys identical to the reference",
+        log.len(),
+        answers.len(),
+        state.len()
     ))
 }
 

@@ -137,6 +137,7 @@ impl StateMachine for KvPlugin {
     }
 }
 
+#[cfg(feature = "export")]
 wasmraft_guest::export!(KvPlugin);
 
 #[cfg(test)]
