@@ -3,11 +3,16 @@
 #   ./dev.sh run    build, then run the embedded default (today: the conformance checks on the kv plugin)
 #   ./dev.sh test   build, then run the whole test suite: fmt, clippy, cargo test (host and plugins)
 #   ./dev.sh setup  only install what is missing
-# Installs what it needs and nothing else: the wasm32-wasip2 Rust target, rustfmt and clippy.
+# Installs what it needs and nothing else: the wasm32-wasip2 Rust target, rustfmt and clippy, and
+# the non-Rust plugin toolchains into tools/ (pinned in tools/requirements.txt, tools/package.json
+# with its lock, and WIT_BINDGEN_VERSION below): componentize-py, zig and wasm-tools in a Python
+# venv, componentize-js with npm, wit-bindgen's C generator with cargo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+WIT_BINDGEN_VERSION=0.63.0
 
 setup() {
     if ! command -v cargo >/dev/null; then
@@ -24,6 +29,41 @@ setup() {
             rustup component add "$component"
         fi
     done
+    setup_plugin_tools
+}
+
+# Reinstalls a toolchain when its pin file changed since the last install (stamp beside it).
+stale() { # stale STAMP PIN_FILE...
+    [ -f "$1" ] || return 0
+    shift
+    for pin in "$@"; do [ "$pin" -nt "$1" ] && return 0; done
+    return 1
+}
+
+setup_plugin_tools() {
+    for tool in python3 npm node; do
+        if ! command -v "$tool" >/dev/null; then
+            echo "error: $tool not found: the Python and JavaScript plugins need it" >&2
+            exit 1
+        fi
+    done
+    if stale tools/venv/.installed tools/requirements.txt; then
+        step "installing componentize-py, zig and wasm-tools into tools/venv"
+        python3 -m venv tools/venv
+        tools/venv/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+        touch tools/venv/.installed
+    fi
+    if stale tools/node_modules/.installed tools/package.json tools/package-lock.json; then
+        step "installing componentize-js into tools/node_modules"
+        # `npm install` honours the lock; `npm ci` rejects locks written without other
+        # platforms' optional packages, as this registry setup writes them.
+        (cd tools && npm install --no-audit --no-fund --loglevel=error)
+        touch tools/node_modules/.installed
+    fi
+    if ! [ -x tools/cargo/bin/wit-bindgen ] || ! tools/cargo/bin/wit-bindgen --version | grep -q "$WIT_BINDGEN_VERSION"; then
+        step "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (C generator) into tools/cargo"
+        cargo install --quiet --locked "wit-bindgen-cli@$WIT_BINDGEN_VERSION" --no-default-features --features c --root tools/cargo
+    fi
 }
 
 plugins_dir() {

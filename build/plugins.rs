@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The plugins workspace's members, as `(package name, member dir)`, read from its manifests.
+/// The plugins workspace's members that build a component (`cdylib`), as `(package name, dir)`,
+/// read from its manifests.
 pub fn plugin_packages(plugins_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     let manifest = std::fs::read_to_string(plugins_dir.join("Cargo.toml")).map_err(|e| format!("reading plugins/Cargo.toml: {e}"))?;
     let members = manifest
@@ -25,8 +26,10 @@ pub fn plugin_packages(plugins_dir: &Path) -> Result<Vec<(String, PathBuf)>, Str
                 .find_map(|line| line.strip_prefix("name = "))
                 .map(|name| name.trim().trim_matches('"').to_string())
                 .ok_or(format!("{member}/Cargo.toml has no package name"))?;
-            Ok((name, dir))
+            // Library-only members (shared logic) produce no component.
+            Ok(text.contains("\"cdylib\"").then_some((name, dir)))
         })
+        .filter_map(Result::transpose)
         .collect()
 }
 

@@ -153,3 +153,19 @@ fn works_on_a_component_outside_the_repository_and_rejects_non_components() {
     assert_eq!(missing.code, 2);
     assert!(missing.stderr.contains("reading"), "{}", missing.stderr);
 }
+
+#[test]
+fn reference_comparison_passes_for_another_language_and_fails_for_a_divergent_plugin() {
+    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/kv/cases.jsonl");
+    let run = plugin_test(&[plugins::KV_C, "--script", cases, "--reference", plugins::KV]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("ok    same-as-reference"), "{}", run.stdout);
+
+    let run = plugin_test(&[plugins::FIXTURE_KV_DIVERGENT, "--reference", plugins::KV]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("check `same-as-reference` failed: entry 27"),
+        "{}",
+        run.stderr
+    );
+}

@@ -410,7 +410,12 @@ fn compiled_components_are_cached_by_hash_and_engine() {
 #[test]
 fn every_bundled_plugin_loads_and_is_exercised_by_a_test() {
     let runtime = runtime();
-    let sources = [include_str!("runtime.rs"), include_str!("plugin_test_cli.rs")].concat();
+    let sources = [
+        include_str!("runtime.rs"),
+        include_str!("plugin_test_cli.rs"),
+        include_str!("polyglot.rs"),
+    ]
+    .concat();
     for (name, path) in plugins::ALL {
         load(&runtime, path);
         let constant = format!("plugins::{}", name.to_uppercase().replace('-', "_"));

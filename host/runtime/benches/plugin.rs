@@ -63,7 +63,7 @@ fn run_wasm(plugin: &mut Plugin, next: &mut u64, size: usize) -> usize {
     outcomes.len()
 }
 
-fn run_native(host: &mut TestHost<kv::KvPlugin>, next: &mut u64, size: usize) -> usize {
+fn run_native(host: &mut TestHost<kv_core::KvPlugin>, next: &mut u64, size: usize) -> usize {
     for entry in batch(*next, size) {
         host.apply(&entry.payload).unwrap();
     }
@@ -82,7 +82,7 @@ fn apply(c: &mut Criterion) {
         group.bench_function(format!("wasm/batch-{size}"), |b| {
             b.iter(|| run_wasm(&mut plugin, &mut next, size))
         });
-        let mut host = TestHost::<kv::KvPlugin>::new();
+        let mut host = TestHost::<kv_core::KvPlugin>::new();
         let mut next = 0;
         group.bench_function(format!("native/batch-{size}"), |b| {
             b.iter(|| run_native(&mut host, &mut next, size))
@@ -130,7 +130,7 @@ fn ratio_summary() {
     for size in BATCH_SIZES {
         let (mut wasm_n, mut wasm_t, mut native_n, mut native_t) = (0, Duration::ZERO, 0, Duration::ZERO);
         let mut plugin = wasm_plugin(&code);
-        let mut host = TestHost::<kv::KvPlugin>::new();
+        let mut host = TestHost::<kv_core::KvPlugin>::new();
         let (mut next_w, mut next_n) = (0, 0);
         for _ in 0..ROUNDS {
             let start = Instant::now();

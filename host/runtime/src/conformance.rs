@@ -116,6 +116,7 @@ impl Script {
         }
         lines.push(r#"{"apply":{"op":"put","key":"k1","value":"overwritten"}}"#.to_string());
         lines.push(r#"{"apply":{"op":"delete","key":"k2"}}"#.to_string());
+        lines.push(r#"{"apply":{"op":"delete","key":"missing"}}"#.to_string());
         lines.push(r#"{"apply":{"op":"cas","key":"k3","expected":"nope","value":"x"}}"#.to_string());
         lines.push(r#"{"apply":{"op":"cas","key":"new","expected":null,"value":"created"}}"#.to_string());
         lines.push(r#"{"apply":{"op":"get","key":"k1"}}"#.to_string());
