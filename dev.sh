@@ -32,12 +32,12 @@ setup() {
     setup_plugin_tools
 }
 
-# Reinstalls a toolchain when its pin file changed since the last install (stamp beside it).
+# A toolchain is stale unless its stamp holds the hash of its pin files as they are now.
+pins_hash() { cat "$@" | sha256sum | cut -d' ' -f1; }
 stale() { # stale STAMP PIN_FILE...
-    [ -f "$1" ] || return 0
+    local stamp=$1
     shift
-    for pin in "$@"; do [ "$pin" -nt "$1" ] && return 0; done
-    return 1
+    [ "$(cat "$stamp" 2>/dev/null)" != "$(pins_hash "$@")" ]
 }
 
 setup_plugin_tools() {
@@ -49,16 +49,18 @@ setup_plugin_tools() {
     done
     if stale tools/venv/.installed tools/requirements.txt; then
         step "installing componentize-py, zig and wasm-tools into tools/venv"
-        python3 -m venv tools/venv
+        # At its real path: a venv's scripts name their interpreter by absolute path, and CI links
+        # tools/venv to a cache shared by clones at different paths.
+        python3 -m venv "$(realpath -m tools/venv)"
         tools/venv/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
-        touch tools/venv/.installed
+        pins_hash tools/requirements.txt >tools/venv/.installed
     fi
     if stale tools/node_modules/.installed tools/package.json tools/package-lock.json; then
         step "installing componentize-js into tools/node_modules"
         # `npm install` honours the lock; `npm ci` rejects locks written without other
         # platforms' optional packages, as this registry setup writes them.
         (cd tools && npm install --no-audit --no-fund --loglevel=error)
-        touch tools/node_modules/.installed
+        pins_hash tools/package.json tools/package-lock.json >tools/node_modules/.installed
     fi
     if ! [ -x tools/cargo/bin/wit-bindgen ] || ! tools/cargo/bin/wit-bindgen --version | grep -q "$WIT_BINDGEN_VERSION"; then
         step "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (C generator) into tools/cargo"

@@ -17,17 +17,26 @@ mod plugin_build {
     #![allow(dead_code, reason = "shared with build.rs, which uses all of it")]
     include!("../../../build/plugins.rs");
 }
-use plugin_build::build_plugins;
+use plugin_build::{build_plugins, build_polyglot};
 
 const BATCH_SIZES: [usize; 3] = [1, 16, 256];
 /// Distinct keys the puts cycle through, so the map's size stays fixed while benchmarking.
 const KEY_SPACE: u64 = 10_000;
 
-fn kv_wasm() -> Vec<u8> {
+/// Builds the plugins (Rust ones, and the other languages' whose tools are installed) and
+/// returns every component as `(name, path)`.
+fn components() -> Vec<(String, PathBuf)> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), PathBuf::from);
-    let built = build_plugins(&repo, &target).unwrap_or_else(|e| panic!("{e}"));
-    let (_, path) = built.iter().find(|(name, _)| name == "kv").expect("kv plugin");
+    let mut built = build_plugins(&repo, &target).unwrap_or_else(|e| panic!("{e}"));
+    let (polyglot, warnings) = build_polyglot(&repo, &target).unwrap_or_else(|e| panic!("{e}"));
+    warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    built.extend(polyglot.into_iter().filter(|(_, path)| path.exists()));
+    built
+}
+
+fn kv_wasm() -> Vec<u8> {
+    let (_, path) = components().into_iter().find(|(name, _)| name == "kv").expect("kv plugin");
     std::fs::read(path).unwrap()
 }
 
@@ -150,10 +159,50 @@ fn ratio_summary() {
     }
 }
 
+/// Every kv implementation (Rust, Python, JavaScript, C, plus any component named in
+/// `WASMRAFT_BENCH_COMPONENTS`, comma-separated paths) in alternating rounds: size, compile time,
+/// entries/s at batch 16, and the ratio to the Rust component.
+fn language_summary() {
+    const ROUND: Duration = Duration::from_millis(400);
+    const ROUNDS: usize = 3;
+    const BATCH: usize = 16;
+    let mut candidates: Vec<(String, PathBuf)> =
+        components().into_iter().filter(|(name, _)| name == "kv" || name.starts_with("kv-")).collect();
+    if let Ok(extra) = std::env::var("WASMRAFT_BENCH_COMPONENTS") {
+        candidates.extend(extra.split(',').filter(|p| !p.is_empty()).map(|p| (p.to_string(), PathBuf::from(p))));
+    }
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let mut loaded = Vec::new();
+    for (name, path) in candidates {
+        let bytes = std::fs::read(&path).unwrap();
+        let start = Instant::now();
+        let code = runtime.load(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        loaded.push((name, bytes.len(), start.elapsed(), wasm_plugin(&code), 0u64, 0usize, Duration::ZERO));
+    }
+    for _ in 0..ROUNDS {
+        for (_, _, _, plugin, next, applied, spent) in &mut loaded {
+            let start = Instant::now();
+            while start.elapsed() < ROUND {
+                *applied += run_wasm(plugin, next, BATCH);
+            }
+            *spent += start.elapsed();
+        }
+    }
+    let rate = |applied: usize, spent: Duration| applied as f64 / spent.as_secs_f64();
+    let rust = loaded.iter().find(|l| l.0 == "kv").map(|l| rate(l.5, l.6)).unwrap_or(f64::NAN);
+    println!("\nkv implementations, batch {BATCH} (same run; ratio to the Rust component):");
+    println!("{:<12} {:>12} {:>12} {:>14} {:>10}", "component", "bytes", "compile", "entries/s", "vs Rust");
+    for (name, size, compile, _, _, applied, spent) in &loaded {
+        let r = rate(*applied, *spent);
+        println!("{name:<12} {size:>12} {:>12.2?} {r:>14.0} {:>9.3}x", compile, r / rust);
+    }
+}
+
 criterion_group!(benches, apply, load);
 
 fn main() {
     benches();
     ratio_summary();
+    language_summary();
     Criterion::default().configure_from_args().final_summary();
 }
