@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Built components, as `(name, path)`.
+pub type Built = Vec<(String, PathBuf)>;
+
 /// The plugins workspace's members that build a component (`cdylib`), as `(package name, dir)`,
 /// read from its manifests.
 pub fn plugin_packages(plugins_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
@@ -35,7 +38,7 @@ pub fn plugin_packages(plugins_dir: &Path) -> Result<Vec<(String, PathBuf)>, Str
 
 /// Builds every plugin (release, wasm32-wasip2) with a nested cargo in `<target>/plugins-build`
 /// and copies each component to `<target>/plugins/NAME.wasm`. Returns `(name, path)` pairs.
-pub fn build_plugins(repo: &Path, target_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+pub fn build_plugins(repo: &Path, target_dir: &Path) -> Result<Built, String> {
     let plugins_dir = repo.join("plugins");
     let packages = plugin_packages(&plugins_dir)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
@@ -144,7 +147,7 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
 /// Builds the non-Rust kv plugins to `<target>/plugins/NAME.wasm` when their sources (or the
 /// WIT) are newer than the component. A plugin whose tool is not installed is skipped and named in
 /// the returned warnings: the tests that need it then fail with a hint to run `./dev.sh setup`.
-pub fn build_polyglot(repo: &Path, target_dir: &Path) -> Result<(Vec<(String, PathBuf)>, Vec<String>), String> {
+pub fn build_polyglot(repo: &Path, target_dir: &Path) -> Result<(Built, Vec<String>), String> {
     let out_dir = target_dir.join("plugins");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
     let wit_mtime = newest_mtime(&repo.join("wit"));

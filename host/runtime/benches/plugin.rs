@@ -36,7 +36,10 @@ fn components() -> Vec<(String, PathBuf)> {
 }
 
 fn kv_wasm() -> Vec<u8> {
-    let (_, path) = components().into_iter().find(|(name, _)| name == "kv").expect("kv plugin");
+    let (_, path) = components()
+        .into_iter()
+        .find(|(name, _)| name == "kv")
+        .expect("kv plugin");
     std::fs::read(path).unwrap()
 }
 
@@ -166,10 +169,17 @@ fn language_summary() {
     const ROUND: Duration = Duration::from_millis(400);
     const ROUNDS: usize = 3;
     const BATCH: usize = 16;
-    let mut candidates: Vec<(String, PathBuf)> =
-        components().into_iter().filter(|(name, _)| name == "kv" || name.starts_with("kv-")).collect();
+    let mut candidates: Vec<(String, PathBuf)> = components()
+        .into_iter()
+        .filter(|(name, _)| name == "kv" || name.starts_with("kv-"))
+        .collect();
     if let Ok(extra) = std::env::var("WASMRAFT_BENCH_COMPONENTS") {
-        candidates.extend(extra.split(',').filter(|p| !p.is_empty()).map(|p| (p.to_string(), PathBuf::from(p))));
+        candidates.extend(
+            extra
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| (p.to_string(), PathBuf::from(p))),
+        );
     }
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let mut loaded = Vec::new();
@@ -177,7 +187,15 @@ fn language_summary() {
         let bytes = std::fs::read(&path).unwrap();
         let start = Instant::now();
         let code = runtime.load(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-        loaded.push((name, bytes.len(), start.elapsed(), wasm_plugin(&code), 0u64, 0usize, Duration::ZERO));
+        loaded.push((
+            name,
+            bytes.len(),
+            start.elapsed(),
+            wasm_plugin(&code),
+            0u64,
+            0usize,
+            Duration::ZERO,
+        ));
     }
     for _ in 0..ROUNDS {
         for (_, _, _, plugin, next, applied, spent) in &mut loaded {
@@ -189,9 +207,16 @@ fn language_summary() {
         }
     }
     let rate = |applied: usize, spent: Duration| applied as f64 / spent.as_secs_f64();
-    let rust = loaded.iter().find(|l| l.0 == "kv").map(|l| rate(l.5, l.6)).unwrap_or(f64::NAN);
+    let rust = loaded
+        .iter()
+        .find(|l| l.0 == "kv")
+        .map(|l| rate(l.5, l.6))
+        .unwrap_or(f64::NAN);
     println!("\nkv implementations, batch {BATCH} (same run; ratio to the Rust component):");
-    println!("{:<12} {:>12} {:>12} {:>14} {:>10}", "component", "bytes", "compile", "entries/s", "vs Rust");
+    println!(
+        "{:<12} {:>12} {:>12} {:>14} {:>10}",
+        "component", "bytes", "compile", "entries/s", "vs Rust"
+    );
     for (name, size, compile, _, _, applied, spent) in &loaded {
         let r = rate(*applied, *spent);
         println!("{name:<12} {size:>12} {:>12.2?} {r:>14.0} {:>9.3}x", compile, r / rust);
