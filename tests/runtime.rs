@@ -409,7 +409,12 @@ fn compiled_components_are_cached_by_hash_and_engine() {
 
 #[test]
 fn every_bundled_plugin_loads_and_is_exercised_by_a_test() {
-    let runtime = runtime();
+    // Cached: the Python and JavaScript components take tens of seconds to compile.
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: test_limits(),
+        cache_dir: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("polyglot-cache")),
+    })
+    .unwrap();
     let sources = [
         include_str!("runtime.rs"),
         include_str!("plugin_test_cli.rs"),
