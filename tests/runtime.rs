@@ -141,6 +141,10 @@ fn a_trap_in_the_middle_of_a_batch_fails_only_that_entry() {
         vec![ok(r#""ok""#), trap.clone(), ok(r#""ok""#), trap, ok(r#""ok""#)]
     );
     assert_eq!(pairs(&plugin).len(), 3, "only a, b and c: no half-done write survives");
+    assert!(
+        outcomes[1].fuel_used > 0 && outcomes[1].fuel_used < 100_000_000,
+        "a trap reports the fuel it used"
+    );
     assert_eq!(plugin.stats().instantiations, 3);
 }
 

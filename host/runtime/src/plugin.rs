@@ -65,6 +65,8 @@ pub struct Plugin {
     store: Store<HostState>,
     instance: Option<StateMachine>,
     instantiations: u64,
+    /// Fuel left when the last failed call stopped (its store is gone by then).
+    fuel_left_at_failure: u64,
 }
 
 impl Plugin {
@@ -78,6 +80,7 @@ impl Plugin {
             store,
             instance: None,
             instantiations: 0,
+            fuel_left_at_failure: 0,
         })
     }
 
@@ -146,7 +149,10 @@ impl Plugin {
         while !self.store.data().apply.queue.is_empty() {
             let remaining = self.store.data().apply.queue.len();
             let result = self.call(Mode::Apply, fuel, |sm, store| sm.call_apply(store));
-            let fuel_left = self.store.get_fuel().unwrap_or(0);
+            let fuel_left = match result {
+                Ok(Err(_)) => self.fuel_left_at_failure,
+                _ => self.store.get_fuel().unwrap_or(0),
+            };
             let state = self.store.data_mut();
             match result {
                 Err(fault) => {
@@ -174,11 +180,6 @@ impl Plugin {
                         .take()
                         .or_else(|| state.apply.queue.pop_front().map(|e| e.index));
                     if let Some(index) = blamed {
-                        let fuel_left = if matches!(failure, PluginError::FuelExhausted { .. }) {
-                            0
-                        } else {
-                            fuel_left
-                        };
                         record(state, index, fuel_left, Err(failure)).map_err(host_fault)?;
                     }
                 }
@@ -279,6 +280,7 @@ impl Plugin {
             }
             Err(err) => {
                 let failure = self.classify(err);
+                self.fuel_left_at_failure = self.store.get_fuel().unwrap_or(0);
                 self.poison();
                 failure.map(Err)
             }
