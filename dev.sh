@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # wasmraft's two commands (see README.md), plus the set-up they share.
-#   ./dev.sh run    build, then run the embedded default (today: the conformance checks on the kv plugin)
+#   ./dev.sh run    build, then run the embedded default (today: the conformance checks on the kv
+#                   plugin, and on its Python, JavaScript and C ports against it)
 #   ./dev.sh test   build, then run the whole test suite: fmt, clippy, cargo test (host and plugins)
 #   ./dev.sh setup  only install what is missing
 # Installs what it needs and nothing else: the wasm32-wasip2 Rust target, rustfmt and clippy, and
@@ -78,6 +79,15 @@ run() {
     cargo build --bin wasmraft
     step "wasmraft plugin test $(plugins_dir)/kv.wasm"
     cargo run --quiet --bin wasmraft -- plugin test "$(plugins_dir)/kv.wasm"
+    # The same plugin in Python, JavaScript and C, checked result for result against the Rust one.
+    # The first run compiles the Python and JavaScript components (about a minute); later runs hit
+    # the compiled-artifact cache.
+    for port in kv-py kv-js kv-c; do
+        step "wasmraft plugin test $(plugins_dir)/$port.wasm --reference $(plugins_dir)/kv.wasm"
+        cargo run --quiet --bin wasmraft -- plugin test "$(plugins_dir)/$port.wasm" \
+            --script plugins/kv/cases.jsonl --reference "$(plugins_dir)/kv.wasm" \
+            --cache-dir "${CARGO_TARGET_DIR:-target}/plugin-cache"
+    done
 }
 
 test() {

@@ -43,6 +43,10 @@ enum PluginCommand {
         /// gives byte-identical results and the same state on the same log.
         #[arg(long, value_name = "REFERENCE.wasm")]
         reference: Option<PathBuf>,
+        /// Keep compiled components in this directory (by sha256 and engine), so testing the same
+        /// component again skips compilation (Python and JavaScript take tens of seconds).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
         /// Fuel allowed per entry.
         #[arg(long, default_value_t = wasmraft_runtime::limits::FUEL_PER_ENTRY)]
         fuel_per_entry: u64,
@@ -74,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     file,
                     script,
                     reference,
+                    cache_dir,
                     fuel_per_entry,
                     max_memory,
                 },
@@ -81,10 +86,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             script,
             reference,
-            Limits {
-                fuel_per_entry,
-                max_memory_bytes: max_memory,
-                ..Limits::default()
+            RuntimeConfig {
+                limits: Limits {
+                    fuel_per_entry,
+                    max_memory_bytes: max_memory,
+                    ..Limits::default()
+                },
+                cache_dir,
             },
         ),
     }
@@ -94,7 +102,7 @@ fn plugin_test(
     file: PathBuf,
     script: Option<PathBuf>,
     reference: Option<PathBuf>,
-    limits: Limits,
+    config: RuntimeConfig,
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let reference = match &reference {
@@ -108,10 +116,7 @@ fn plugin_test(
         }
         None => Script::kv_smoke(),
     };
-    let runtime = Runtime::new(RuntimeConfig {
-        limits,
-        cache_dir: None,
-    })?;
+    let runtime = Runtime::new(config)?;
     println!("plugin test {} ({} bytes)", file.display(), bytes.len());
     let report = conformance::run(&runtime, &bytes, &script, reference.as_deref(), |check| {
         match &check.outcome {

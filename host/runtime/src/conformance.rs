@@ -187,8 +187,13 @@ pub fn run(
     } else {
         "imports no WASI"
     };
+    let how = if code.from_cache() {
+        "loaded from the cache"
+    } else {
+        "compiled"
+    };
     let detail = format!(
-        "{} bytes, sha256 {}, {wasi}, compiled in {:.0?}",
+        "{} bytes, sha256 {}, {wasi}, {how} in {:.0?}",
         code.size(),
         code.sha256_hex(),
         report.load_time
