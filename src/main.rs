@@ -8,6 +8,17 @@ use clap::{Parser, Subcommand};
 use wasmraft_runtime::conformance::{self, Script};
 use wasmraft_runtime::{Limits, Runtime, RuntimeConfig};
 
+/// `println!` that ends the program quietly, as a killed-by-SIGPIPE process would (status 141),
+/// when stdout is closed (`wasmraft ... | head`), instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "wasmraft",
@@ -117,20 +128,20 @@ fn plugin_test(
         None => Script::kv_smoke(),
     };
     let runtime = Runtime::new(config)?;
-    println!("plugin test {} ({} bytes)", file.display(), bytes.len());
+    say!("plugin test {} ({} bytes)", file.display(), bytes.len());
     let report = conformance::run(&runtime, &bytes, &script, reference.as_deref(), |check| {
         match &check.outcome {
-            Ok(detail) => println!("  ok    {:<20} {detail}", check.name),
-            Err(reason) => println!("  FAIL  {:<20} {reason}", check.name),
+            Ok(detail) => say!("  ok    {:<20} {detail}", check.name),
+            Err(reason) => say!("  FAIL  {:<20} {reason}", check.name),
         }
     });
-    println!(
+    say!(
         "  usage: max {} fuel per entry, peak linear memory {} KiB",
         report.max_entry_fuel,
         report.peak_memory_bytes / 1024
     );
     let failed = report.checks.iter().filter(|c| c.outcome.is_err()).count();
-    println!("plugin test: {} passed, {failed} failed", report.checks.len() - failed);
+    say!("plugin test: {} passed, {failed} failed", report.checks.len() - failed);
     if let Some(check) = report.failure() {
         eprintln!(
             "error: check `{}` failed: {}",
