@@ -75,7 +75,7 @@ plugins_dir() {
 
 run() {
     setup
-    step "building wasmraft and the example plugins (a cold build takes ~15 minutes on 2 cores, the toolchains ~10 more)"
+    step "building wasmraft and the example plugins (cold: about 15 minutes on 2 cores)"
     cargo build --bin wasmraft
     step "wasmraft plugin test $(plugins_dir)/kv.wasm"
     cargo run --quiet --bin wasmraft -- plugin test "$(plugins_dir)/kv.wasm"
