@@ -340,6 +340,38 @@ fn a_snapshot_cannot_write_and_a_bad_stream_is_rejected() {
 }
 
 #[test]
+fn a_snapshot_stream_that_never_ends_or_makes_no_progress_is_stopped() {
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: Limits {
+            max_snapshot_bytes: 1 << 20,
+            ..test_limits()
+        },
+        cache_dir: None,
+    })
+    .unwrap();
+    let code = load(&runtime, plugins::HOSTILE_ENDLESS_SNAPSHOT);
+    let mut endless = fresh(&code);
+    let result = endless.snapshot(4096, |_| Ok(())).unwrap();
+    assert_eq!(
+        result,
+        Err(PluginError::Limit(LimitExceeded::Snapshot { limit: 1 << 20 }))
+    );
+
+    let mut empty = code.instantiate("test", Box::new(MemoryBackend::new())).unwrap();
+    empty
+        .init(&InitContext {
+            config: b"empty chunks".to_vec(),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+    match empty.snapshot(4096, |_| Ok(())).unwrap() {
+        Err(PluginError::Protocol(message)) => assert!(message.contains("empty chunk"), "{message}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+#[test]
 fn entries_carry_the_leader_timestamp_the_plugin_uses_instead_of_a_clock() {
     let runtime = runtime();
     let mut counter = fresh(&load(&runtime, plugins::COUNTER));

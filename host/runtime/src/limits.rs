@@ -53,6 +53,10 @@ pub const MAX_WRITES_PER_ENTRY: usize = 100_000;
 /// memory to the client and must fit a gRPC message comfortably.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 
+/// Bytes of one plugin's snapshot stream: bounds a stream that never ends. Far above any real
+/// plugin state (snapshots are designed for tens of GiB).
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
+
 /// Bytes of a component: Python components are ~18 MiB, JavaScript ~12 MiB; components travel
 /// through the log and are kept on every node.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -73,6 +77,7 @@ pub struct Limits {
     pub max_write_bytes_per_entry: usize,
     pub max_writes_per_entry: usize,
     pub max_output_bytes: usize,
+    pub max_snapshot_bytes: u64,
     pub max_component_bytes: usize,
 }
 
@@ -92,6 +97,7 @@ impl Default for Limits {
             max_write_bytes_per_entry: MAX_WRITE_BYTES_PER_ENTRY,
             max_writes_per_entry: MAX_WRITES_PER_ENTRY,
             max_output_bytes: MAX_OUTPUT_BYTES,
+            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
             max_component_bytes: MAX_COMPONENT_BYTES,
         }
     }
@@ -116,6 +122,8 @@ pub enum LimitExceeded {
     Table { desired: usize, limit: usize },
     #[error("wasm stack overflow (max_wasm_stack is {limit} bytes)")]
     Stack { limit: usize },
+    #[error("the snapshot stream exceeds max_snapshot_bytes ({limit})")]
+    Snapshot { limit: u64 },
     #[error("snapshot chunk of {size} bytes is larger than the {limit} bytes asked for")]
     Chunk { size: usize, limit: usize },
 }

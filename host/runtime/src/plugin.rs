@@ -207,21 +207,36 @@ impl Plugin {
         if let Err(failure) = self.call(Mode::Snapshot, fuel, |sm, store| sm.call_snapshot_begin(store))? {
             return Ok(Err(failure));
         }
+        let limit = self.store.data().limits.max_snapshot_bytes;
+        let mut total: u64 = 0;
         loop {
-            match self.call(Mode::Snapshot, fuel, |sm, store| {
+            let chunk = match self.call(Mode::Snapshot, fuel, |sm, store| {
                 sm.call_snapshot_next(store, max_chunk)
             })? {
                 Err(failure) => return Ok(Err(failure)),
                 Ok(None) => return Ok(Ok(())),
-                Ok(Some(chunk)) if chunk.len() > max_chunk as usize => {
-                    let limit = max_chunk as usize;
-                    return Ok(Err(PluginError::Limit(LimitExceeded::Chunk {
-                        size: chunk.len(),
-                        limit,
-                    })));
-                }
-                Ok(Some(chunk)) => sink(chunk)?,
+                Ok(Some(chunk)) => chunk,
+            };
+            // Every chunk must make progress, and the stream must end: a plugin cannot keep the
+            // host in this loop forever.
+            let failure = if chunk.is_empty() {
+                Some(PluginError::Protocol(
+                    "snapshot-next returned an empty chunk (return none to end the stream)".into(),
+                ))
+            } else if chunk.len() > max_chunk as usize {
+                let limit = max_chunk as usize;
+                Some(PluginError::Limit(LimitExceeded::Chunk {
+                    size: chunk.len(),
+                    limit,
+                }))
+            } else {
+                total += chunk.len() as u64;
+                (total > limit).then_some(PluginError::Limit(LimitExceeded::Snapshot { limit }))
+            };
+            if let Some(failure) = failure {
+                return Ok(Err(failure));
             }
+            sink(chunk)?;
         }
     }
 
