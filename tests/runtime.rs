@@ -30,7 +30,7 @@ fn load(runtime: &Runtime, path: &str) -> PluginCode {
 }
 
 fn fresh(code: &PluginCode) -> Plugin {
-    let mut plugin = code.instantiate("test", Box::new(MemoryBackend::new())).unwrap();
+    let mut plugin = code.instantiate("test", Box::new(MemoryBackend::new()));
     plugin.init(&InitContext::default()).unwrap().unwrap();
     plugin
 }
@@ -249,7 +249,7 @@ fn apply_in_batches(code: &PluginCode, log: &[Entry], batch: usize) -> (Results,
     let mut outcomes = Vec::new();
     for chunk in log.chunks(batch) {
         outcomes.extend(plugin.apply(chunk.to_vec()).unwrap());
-        plugin = code.instantiate("test", plugin.into_backend()).unwrap();
+        plugin = code.instantiate("test", plugin.into_backend());
     }
     (results(&outcomes), pairs(&plugin))
 }
@@ -318,7 +318,7 @@ fn snapshot_then_restore_into_an_empty_backend_reproduces_the_state() {
         .unwrap();
     assert!(chunks.len() > 10 && chunks.iter().all(|c| c.len() <= 1000));
 
-    let mut restored = code.instantiate("restored", Box::new(MemoryBackend::new())).unwrap();
+    let mut restored = code.instantiate("restored", Box::new(MemoryBackend::new()));
     restored.restore(chunks).unwrap().unwrap();
     assert_eq!(pairs(&restored), pairs(&source));
     assert_eq!(
@@ -331,7 +331,7 @@ fn snapshot_then_restore_into_an_empty_backend_reproduces_the_state() {
 fn a_snapshot_cannot_write_and_a_bad_stream_is_rejected() {
     let runtime = runtime();
     let code = load(&runtime, plugins::KV);
-    let mut restored = code.instantiate("restored", Box::new(MemoryBackend::new())).unwrap();
+    let mut restored = code.instantiate("restored", Box::new(MemoryBackend::new()));
     let result = restored.restore(vec![b"not a snapshot".to_vec()]).unwrap();
     assert_eq!(
         result,
@@ -357,7 +357,7 @@ fn a_snapshot_stream_that_never_ends_or_makes_no_progress_is_stopped() {
         Err(PluginError::Limit(LimitExceeded::Snapshot { limit: 1 << 20 }))
     );
 
-    let mut empty = code.instantiate("test", Box::new(MemoryBackend::new())).unwrap();
+    let mut empty = code.instantiate("test", Box::new(MemoryBackend::new()));
     empty
         .init(&InitContext {
             config: b"empty chunks".to_vec(),

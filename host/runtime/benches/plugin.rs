@@ -74,7 +74,7 @@ fn batch(start: u64, size: usize) -> Vec<Entry> {
 }
 
 fn wasm_plugin(code: &PluginCode) -> Plugin {
-    let mut plugin = code.instantiate("bench", Box::new(MemoryBackend::new())).unwrap();
+    let mut plugin = code.instantiate("bench", Box::new(MemoryBackend::new()));
     plugin.init(&InitContext::default()).unwrap().unwrap();
     plugin
 }
@@ -137,7 +137,7 @@ fn load(c: &mut Criterion) {
     let code = runtime.load(&bytes).unwrap();
     c.bench_function("instantiate+init", |b| {
         b.iter_batched(
-            || code.instantiate("bench", Box::new(MemoryBackend::new())).unwrap(),
+            || code.instantiate("bench", Box::new(MemoryBackend::new())),
             |mut plugin| plugin.init(&InitContext::default()).unwrap().unwrap(),
             BatchSize::SmallInput,
         )

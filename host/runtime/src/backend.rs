@@ -83,15 +83,3 @@ impl KvBackend for MemoryBackend {
         Ok(())
     }
 }
-
-impl<B: KvBackend + ?Sized> KvBackend for Box<B> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        (**self).get(key)
-    }
-    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, BackendError> {
-        (**self).scan(start, end, limit)
-    }
-    fn commit(&mut self, writes: WriteSet) -> Result<(), BackendError> {
-        (**self).commit(writes)
-    }
-}

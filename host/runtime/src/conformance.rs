@@ -272,9 +272,7 @@ pub fn run(
 type Results = Vec<Result<Vec<u8>, PluginError>>;
 
 fn fresh(code: &PluginCode) -> Result<Plugin, String> {
-    let mut plugin = code
-        .instantiate("plugin-test", Box::new(MemoryBackend::new()))
-        .map_err(|e| e.to_string())?;
+    let mut plugin = code.instantiate("plugin-test", Box::new(MemoryBackend::new()));
     match plugin.init(&InitContext::default()) {
         Ok(Ok(())) => Ok(plugin),
         Ok(Err(failure)) => Err(format!("init failed: {failure}")),
@@ -363,7 +361,7 @@ fn check_batch_independence(
         for chunk in log.chunks(batch) {
             let mut plugin = match last.take() {
                 // A fresh instance over the same data: what a replica that restarted would have.
-                Some(backend) => code.instantiate("plugin-test", backend).map_err(|e| e.to_string())?,
+                Some(backend) => code.instantiate("plugin-test", backend),
                 None => fresh(code)?,
             };
             let outcomes = plugin.apply(chunk.to_vec()).map_err(|e| format!("node fault: {e}"))?;
@@ -505,9 +503,7 @@ fn check_snapshot_round_trip(
     }
     let bytes: usize = chunks.iter().map(Vec::len).sum();
     let count = chunks.len();
-    let mut restored = code
-        .instantiate("plugin-test", Box::new(MemoryBackend::new()))
-        .map_err(|e| e.to_string())?;
+    let mut restored = code.instantiate("plugin-test", Box::new(MemoryBackend::new()));
     match restored.restore(chunks) {
         Ok(Ok(())) => {}
         Ok(Err(failure)) => return Err(format!("restore failed: {failure}")),

@@ -11,7 +11,7 @@
 //!
 //! let runtime = Runtime::new(RuntimeConfig::default())?;
 //! let code = runtime.load(&std::fs::read("target/plugins/kv.wasm")?)?;
-//! let mut kv = code.instantiate("kv", Box::new(MemoryBackend::new()))?;
+//! let mut kv = code.instantiate("kv", Box::new(MemoryBackend::new()));
 //! let put = br#"{"op":"put","key":"a","value":"1"}"#.to_vec();
 //! let outcomes = kv.apply(vec![Entry { index: 1, term: 1, timestamp_ms: 0, payload: put }])?;
 //! assert!(outcomes[0].result.is_ok());

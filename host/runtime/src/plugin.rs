@@ -70,18 +70,18 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    pub(crate) fn new(code: PluginCode, name: &str, backend: Box<dyn KvBackend>) -> Result<Self, RuntimeError> {
+    pub(crate) fn new(code: PluginCode, name: &str, backend: Box<dyn KvBackend>) -> Self {
         let runtime = &code.inner.runtime;
         let name: Arc<str> = name.into();
         let store = store_with(runtime, HostState::new(backend, runtime.limits_arc(), name.clone()));
-        Ok(Self {
+        Self {
             code,
             name,
             store,
             instance: None,
             instantiations: 0,
             fuel_left_at_failure: 0,
-        })
+        }
     }
 
     /// The code this plugin runs.

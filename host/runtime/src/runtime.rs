@@ -79,8 +79,9 @@ impl PluginCode {
         self.inner.from_cache
     }
 
-    /// A new instance of this plugin over `backend`, named `name` in logs.
-    pub fn instantiate(&self, name: &str, backend: Box<dyn crate::KvBackend>) -> Result<Plugin, RuntimeError> {
+    /// A plugin of this code over `backend`, named `name` in logs. The wasm instance itself is
+    /// created by the first call (and again after a trap), so this cannot fail.
+    pub fn instantiate(&self, name: &str, backend: Box<dyn crate::KvBackend>) -> Plugin {
         Plugin::new(self.clone(), name, backend)
     }
 }

@@ -49,7 +49,7 @@ impl Mode {
 #[derive(Default)]
 pub(crate) struct ApplyState {
     pub(crate) queue: VecDeque<Entry>,
-    /// The entry handed out by `next` and not yet finished: index and the fuel it started with.
+    /// The index of the entry handed out by `next` and not yet finished.
     pub(crate) current: Option<u64>,
     pub(crate) outcomes: Vec<EntryOutcome>,
 }
