@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # wasmraft's two commands (see README.md), plus the set-up they share.
-#   ./dev.sh run    build, then run the embedded default (today: the conformance checks on the kv
-#                   plugin, and on its Python, JavaScript and C ports against it)
+#   ./dev.sh run    build, then run the embedded default: `wasmraft dev`, a local 3-node cluster
+#                   with the kv plugin deployed (extra arguments go to `wasmraft dev`)
 #   ./dev.sh test   build, then run the whole test suite: fmt, clippy, cargo test (host and plugins)
 #   ./dev.sh setup  only install what is missing
-# Installs what it needs and nothing else: the wasm32-wasip2 Rust target, rustfmt and clippy, and
+# Installs what it needs and nothing else: libclang and a C++ compiler for RocksDB (apt-get), the
+# wasm32-wasip2 Rust target, rustfmt and clippy, and
 # the non-Rust plugin toolchains into tools/ (pinned in tools/requirements.txt, tools/package.json
 # with its lock, and WIT_BINDGEN_VERSION below): componentize-py, zig and wasm-tools in a Python
 # venv, componentize-js with npm, wit-bindgen's C generator with cargo.
@@ -24,6 +25,7 @@ setup() {
         step "installing the wasm32-wasip2 Rust target"
         rustup target add wasm32-wasip2
     fi
+    setup_system_packages
     for component in rustfmt clippy; do
         if ! rustup component list --installed | grep -q "^$component"; then
             step "installing $component"
@@ -31,6 +33,22 @@ setup() {
         fi
     done
     setup_plugin_tools
+}
+
+# RocksDB's bindings are generated at build time against the system libclang, and its C++ needs a
+# compiler: install them when missing (Debian/Ubuntu; as root or with sudo).
+setup_system_packages() {
+    local missing=()
+    # bindgen needs the library and clang's own headers (stddef.h), both in libclang-dev.
+    { ls /usr/lib/llvm-*/lib/libclang*.so* && ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h; } >/dev/null 2>&1 ||
+        missing+=(libclang-dev)
+    command -v c++ >/dev/null || missing+=(g++)
+    [ ${#missing[@]} -eq 0 ] && return
+    step "installing ${missing[*]} (for RocksDB)"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
 }
 
 # A toolchain is stale unless its stamp holds the hash of its pin files as they are now.
@@ -70,25 +88,12 @@ setup_plugin_tools() {
     fi
 }
 
-plugins_dir() {
-    echo "${CARGO_TARGET_DIR:-target}/plugins"
-}
-
 run() {
     setup
-    step "building wasmraft and the example plugins (cold: about 15 minutes on 2 cores)"
+    step "building wasmraft and the example plugins (cold: about 40 minutes on 2 cores)"
     cargo build --bin wasmraft
-    step "wasmraft plugin test $(plugins_dir)/kv.wasm"
-    cargo run --quiet --bin wasmraft -- plugin test "$(plugins_dir)/kv.wasm"
-    # The same plugin in Python, JavaScript and C, checked result for result against the Rust one.
-    # The first run compiles the Python and JavaScript components (about a minute); later runs hit
-    # the compiled-artifact cache.
-    for port in kv-py kv-js kv-c; do
-        step "wasmraft plugin test $(plugins_dir)/$port.wasm --reference $(plugins_dir)/kv.wasm"
-        cargo run --quiet --bin wasmraft -- plugin test "$(plugins_dir)/$port.wasm" \
-            --script plugins/kv/cases.jsonl --reference "$(plugins_dir)/kv.wasm" \
-            --cache-dir "${CARGO_TARGET_DIR:-target}/plugin-cache"
-    done
+    step "wasmraft dev: a 3-node cluster on 127.0.0.1:7001-7003 with the kv plugin (Ctrl-C stops it)"
+    exec "${CARGO_TARGET_DIR:-target}/debug/wasmraft" dev "$@"
 }
 
 test() {
@@ -113,7 +118,7 @@ test() {
 }
 
 case "${1:-}" in
-    run) run ;;
+    run) shift; run "$@" ;;
     test) test ;;
     setup) setup ;;
     *)

@@ -1,5 +1,9 @@
 //! `wasmraft`: the command-line tool.
 
+mod bench;
+mod client;
+mod dev;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,13 +34,115 @@ struct Cli {
     command: Command,
 }
 
+/// Where a client command connects.
+#[derive(clap::Args, Clone)]
+struct EndpointArg {
+    /// Any node of the cluster (`http://host:port`).
+    #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = client::DEFAULT_ENDPOINT, global = true)]
+    endpoint: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local cluster in this process, with the bundled kv plugin deployed as `kv`.
+    Dev {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Keep the nodes' data here (and resume from it); default: a fresh temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Node N listens on 127.0.0.1:(base-port + N - 1).
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+        /// Deploy this component as `kv` instead of the bundled one.
+        #[arg(long, value_name = "FILE.wasm")]
+        plugin: Option<PathBuf>,
+    },
+    /// Run one node from a TOML config file (id, listen, data_dir, peers, [raft], [limits]).
+    Node {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Send a command to a plugin through the log; prints the plugin's result.
+    Call {
+        #[command(flatten)]
+        endpoint: EndpointArg,
+        plugin: String,
+        /// The command (e.g. JSON for kv); or use --file.
+        payload: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Ask a plugin a read-only question; prints the plugin's answer.
+    Query {
+        #[command(flatten)]
+        endpoint: EndpointArg,
+        /// linearizable (a quorum round trip), lease (the leader's lease) or local (may be stale).
+        #[arg(long, default_value = "linearizable", value_parser = client::parse_consistency)]
+        consistency: wasmraft_node::pb::Consistency,
+        plugin: String,
+        request: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Upload a component and activate it under NAME on every node at one log index.
+    Deploy {
+        #[command(flatten)]
+        endpoint: EndpointArg,
+        name: String,
+        file: PathBuf,
+        /// Configuration handed to the plugin's init.
+        #[arg(long, default_value = "")]
+        config: String,
+    },
+    /// List the active plugins.
+    Plugins {
+        #[command(flatten)]
+        endpoint: EndpointArg,
+    },
+    /// Cluster administration.
+    Cluster {
+        #[command(flatten)]
+        endpoint: EndpointArg,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Load a running cluster and report throughput and latency.
+    Bench(bench::BenchArgs),
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Initialize a new cluster: the given voters (ID=ADDR ...), or the node's configured peers.
+    Init {
+        #[arg(long = "member", value_name = "ID=ADDR")]
+        members: Vec<String>,
+    },
+    /// Show the node's view: leader, log and applied indexes, members, state digest.
+    Status,
+    /// Add a node as a learner (it replicates the log but does not vote); waits until it caught up.
+    AddLearner {
+        id: u64,
+        addr: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Set the voters (joint consensus underneath).
+    ChangeMembership {
+        #[arg(required = true)]
+        voters: Vec<u64>,
+        /// Keep removed voters as learners.
+        #[arg(long)]
+        retain: bool,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader { to: u64 },
 }
 
 #[derive(Subcommand)]
@@ -81,18 +187,83 @@ fn main() -> ExitCode {
     }
 }
 
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Plugin {
-            command:
-                PluginCommand::Test {
-                    file,
-                    script,
-                    reference,
-                    cache_dir,
-                    fuel_per_entry,
-                    max_memory,
-                },
+        Command::Plugin { command } => plugin_command(command),
+        command => tokio_runtime()?.block_on(cluster_command(command)),
+    }
+}
+
+async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Dev {
+            nodes,
+            data_dir,
+            base_port,
+            plugin,
+        } => {
+            dev::dev(dev::DevOptions {
+                nodes,
+                data_dir,
+                base_port,
+                plugin,
+            })
+            .await
+        }
+        Command::Node { config } => dev::node(&config).await,
+        Command::Call {
+            endpoint,
+            plugin,
+            payload,
+            file,
+        } => client::call(&endpoint.endpoint, plugin, client::payload(payload, file.as_deref())?).await,
+        Command::Query {
+            endpoint,
+            consistency,
+            plugin,
+            request,
+            file,
+        } => {
+            let request = client::payload(request, file.as_deref())?;
+            client::query(&endpoint.endpoint, plugin, request, consistency).await
+        }
+        Command::Deploy {
+            endpoint,
+            name,
+            file,
+            config,
+        } => client::deploy(&endpoint.endpoint, name, &file, config.into_bytes()).await,
+        Command::Plugins { endpoint } => client::plugins(&endpoint.endpoint).await,
+        Command::Cluster { endpoint, command } => {
+            let ep = &endpoint.endpoint;
+            match command {
+                ClusterCommand::Init { members } => client::init(ep, client::parse_members(&members)?).await,
+                ClusterCommand::Status => client::status(ep).await,
+                ClusterCommand::AddLearner { id, addr, no_wait } => client::add_learner(ep, id, addr, no_wait).await,
+                ClusterCommand::ChangeMembership { voters, retain } => {
+                    client::change_membership(ep, voters, retain).await
+                }
+                ClusterCommand::TransferLeader { to } => client::transfer_leader(ep, to).await,
+            }
+        }
+        Command::Bench(args) => bench::run(args).await,
+        Command::Plugin { command } => plugin_command(command),
+    }
+}
+
+fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::Test {
+            file,
+            script,
+            reference,
+            cache_dir,
+            fuel_per_entry,
+            max_memory,
         } => plugin_test(
             file,
             script,

@@ -158,16 +158,80 @@ impl<T: StateMachine> TestHost<T> {
     }
 
     fn settle<R>(&mut self, result: std::thread::Result<Result<R, String>>) -> Result<R, String> {
-        result.unwrap_or_else(|payload| {
-            // A trap poisons a wasm instance; here a panic poisons the machine the same way.
-            self.machine = None;
-            let text = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-            Err(format!("panicked: {}", text.unwrap_or(PANIC_WITHOUT_MESSAGE)))
-        })
+        settle(&mut self.machine, result)
     }
+}
+
+/// A committed kv state a [`NativeHost`] reads: the node's own storage, when it runs a plugin's
+/// logic natively.
+pub trait NativeKv {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+    /// Pairs with `start <= key < end` (`None`: unbounded), ascending, at most `limit`.
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)>;
+}
+
+/// One entry's writes, last write per key: `Some` sets, `None` deletes.
+pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Runs a plugin's logic natively over an external kv, with the runtime's semantics (an entry is
+/// atomic, a panic is the entry's error and drops the machine, queries are read-only). The node
+/// uses it for its built-in `kv-native` plugin, the baseline `wasmraft bench --compare-native`
+/// measures WASM against.
+pub struct NativeHost<T: StateMachine> {
+    machine: Option<T>,
+}
+
+impl<T: StateMachine> Default for NativeHost<T> {
+    fn default() -> Self {
+        Self { machine: None }
+    }
+}
+
+impl<T: StateMachine> NativeHost<T> {
+    /// Applies one entry over `kv`: its result, and its writes (empty if it failed) for the
+    /// caller to commit.
+    pub fn apply(
+        &mut self,
+        kv: Box<dyn NativeKv>,
+        ctx: &EntryContext,
+        payload: &[u8],
+    ) -> (Result<Vec<u8>, String>, Writes) {
+        let machine = self.machine.get_or_insert_with(T::default);
+        let (result, mut state) = native::run_external(kv, false, || {
+            catch_unwind(AssertUnwindSafe(|| apply_payload(machine, ctx, payload)))
+        });
+        let writes = match &result {
+            Ok(Ok(_)) => std::mem::take(&mut state.overlay),
+            _ => Writes::new(),
+        };
+        (self.settle(result), writes)
+    }
+
+    /// Answers a query over `kv`.
+    pub fn query(&mut self, kv: Box<dyn NativeKv>, request: &[u8]) -> Result<Vec<u8>, String> {
+        let machine = self.machine.get_or_insert_with(T::default);
+        let (result, _) = native::run_external(kv, true, || {
+            catch_unwind(AssertUnwindSafe(|| query_payload(machine, request)))
+        });
+        self.settle(result)
+    }
+
+    fn settle<R>(&mut self, result: std::thread::Result<Result<R, String>>) -> Result<R, String> {
+        settle(&mut self.machine, result)
+    }
+}
+
+/// A call's result; a panic becomes `panicked: MESSAGE` and drops the machine, as a trap drops a
+/// wasm instance.
+fn settle<T, R>(machine: &mut Option<T>, result: std::thread::Result<Result<R, String>>) -> Result<R, String> {
+    result.unwrap_or_else(|payload| {
+        *machine = None;
+        let text = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        Err(format!("panicked: {}", text.unwrap_or(PANIC_WITHOUT_MESSAGE)))
+    })
 }
 
 fn into_text(bytes: Vec<u8>) -> String {
@@ -234,7 +298,9 @@ pub(crate) mod native {
     /// Committed pairs plus the writes of the call in progress.
     pub(crate) struct State {
         pub(crate) committed: BTreeMap<Vec<u8>, Vec<u8>>,
-        overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        /// When set, the committed state lives here instead of in `committed`.
+        external: Option<Box<dyn super::NativeKv>>,
+        pub(crate) overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         read_only: bool,
     }
 
@@ -244,11 +310,35 @@ pub(crate) mod native {
 
     /// Installs `committed` for the duration of `f` and hands it back with `f`'s overlay.
     pub(crate) fn run<R>(committed: BTreeMap<Vec<u8>, Vec<u8>>, read_only: bool, f: impl FnOnce() -> R) -> (R, State) {
-        let state = State {
-            committed,
-            overlay: BTreeMap::new(),
-            read_only,
-        };
+        run_state(
+            State {
+                committed,
+                external: None,
+                overlay: BTreeMap::new(),
+                read_only,
+            },
+            f,
+        )
+    }
+
+    /// Like [`run`], over an external committed state.
+    pub(crate) fn run_external<R>(
+        external: Box<dyn super::NativeKv>,
+        read_only: bool,
+        f: impl FnOnce() -> R,
+    ) -> (R, State) {
+        run_state(
+            State {
+                committed: BTreeMap::new(),
+                external: Some(external),
+                overlay: BTreeMap::new(),
+                read_only,
+            },
+            f,
+        )
+    }
+
+    fn run_state<R>(state: State, f: impl FnOnce() -> R) -> (R, State) {
         let previous = CURRENT.with(|cell| cell.borrow_mut().replace(state));
         let result = f();
         let state = CURRENT.with(|cell| std::mem::replace(&mut *cell.borrow_mut(), previous));
@@ -267,9 +357,10 @@ pub(crate) mod native {
 
     impl State {
         pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-            match self.overlay.get(key) {
-                Some(value) => value.clone(),
-                None => self.committed.get(key).cloned(),
+            match (self.overlay.get(key), &self.external) {
+                (Some(value), _) => value.clone(),
+                (None, Some(external)) => external.get(key),
+                (None, None) => self.committed.get(key).cloned(),
             }
         }
 
@@ -279,6 +370,21 @@ pub(crate) mod native {
                 return Vec::new();
             }
             let range = (Included(start), end.map_or(Unbounded, Excluded));
+            if let Some(external) = &self.external {
+                // Each overlay entry hides or adds at most one stored pair.
+                let extra = self.overlay.range::<[u8], _>(range).count();
+                let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = external
+                    .scan(start, end, limit.saturating_add(extra))
+                    .into_iter()
+                    .collect();
+                for (key, value) in self.overlay.range::<[u8], _>(range) {
+                    match value {
+                        Some(value) => merged.insert(key.clone(), value.clone()),
+                        None => merged.remove(key),
+                    };
+                }
+                return merged.into_iter().take(limit).collect();
+            }
             let mut merged: BTreeMap<&[u8], Option<&Vec<u8>>> = self
                 .committed
                 .range::<[u8], _>(range)

@@ -1,0 +1,12 @@
+//! Generates the gRPC code from `proto/wasmraft.proto` with a vendored `protoc`: no system protoc.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let proto = proto_dir.join("wasmraft.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    config.bytes([".wasmraft.v1.PluginCall.payload", ".wasmraft.v1.BlobChunk.data"]);
+    tonic_prost_build::configure().compile_with_config(config, &[proto], &[proto_dir])?;
+    Ok(())
+}

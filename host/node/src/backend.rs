@@ -1,0 +1,146 @@
+//! The plugins' kv spaces on RocksDB, as the runtime's [`KvBackend`].
+//!
+//! The apply path writes through [`ApplyBackend`]: every committed write set goes into one pending
+//! [`SmBatch`] (shared by all plugins) and an overlay that later reads of the same apply call see.
+//! The state machine writes the batch with the applied log id and the digest, so a crash leaves
+//! all of an apply call's entries applied or none. Queries read through [`ReadBackend`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use wasmraft_runtime::{BackendError, KvBackend, Pair, WriteSet};
+use wasmraft_store::{SmBatch, Store};
+
+/// Writes of the current apply call, not yet in RocksDB.
+pub(crate) struct Pending {
+    pub batch: SmBatch,
+    overlay: HashMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Chain over every non-empty write set in log order: it does not depend on how the log is
+    /// cut into apply calls.
+    pub writes_digest: [u8; 32],
+}
+
+impl Pending {
+    pub fn new(store: &Store, writes_digest: [u8; 32]) -> Self {
+        Self {
+            batch: store.batch(),
+            overlay: HashMap::new(),
+            writes_digest,
+        }
+    }
+
+    /// Takes the batch to write, leaving an empty one; the overlay is dropped (the batch is
+    /// about to land in RocksDB).
+    pub fn take_batch(&mut self, store: &Store) -> SmBatch {
+        self.overlay.clear();
+        std::mem::replace(&mut self.batch, store.batch())
+    }
+}
+
+pub(crate) type SharedPending = Arc<Mutex<Pending>>;
+
+fn lock(pending: &SharedPending) -> std::sync::MutexGuard<'_, Pending> {
+    // A panic while holding this lock already stopped the apply path; the data is still whole.
+    pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn backend_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError(e.to_string())
+}
+
+/// A plugin's kv space on the apply path.
+pub(crate) struct ApplyBackend {
+    pub store: Store,
+    pub space: String,
+    pub pending: SharedPending,
+}
+
+impl KvBackend for ApplyBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        if let Some(value) = lock(&self.pending).overlay.get(&self.space).and_then(|o| o.get(key)) {
+            return Ok(value.clone());
+        }
+        self.store.data_get(&self.space, key).map_err(backend_err)
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, BackendError> {
+        let pending = lock(&self.pending);
+        let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = match pending.overlay.get(&self.space) {
+            None => Vec::new(),
+            Some(o) => o
+                .range::<[u8], _>((
+                    std::ops::Bound::Included(start),
+                    end.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+                ))
+                .collect(),
+        };
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
+        // Each overlay entry hides or adds at most one stored pair: this many stored pairs are
+        // enough to fill `limit` after merging.
+        let stored = self
+            .store
+            .data_scan(&self.space, start, end, limit.saturating_add(overlay.len()))
+            .map_err(backend_err)?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        for (key, value) in overlay {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
+    fn commit(&mut self, writes: WriteSet) -> Result<(), BackendError> {
+        let mut pending = lock(&self.pending);
+        let mut hasher = Sha256::new();
+        hasher.update(pending.writes_digest);
+        hasher.update((self.space.len() as u64).to_be_bytes());
+        hasher.update(self.space.as_bytes());
+        for (key, value) in &writes {
+            hasher.update((key.len() as u64).to_be_bytes());
+            hasher.update(key);
+            match value {
+                Some(value) => {
+                    hasher.update([1]);
+                    hasher.update((value.len() as u64).to_be_bytes());
+                    hasher.update(value);
+                    pending.batch.put_data(&self.space, key, value);
+                }
+                None => {
+                    hasher.update([0]);
+                    pending.batch.delete_data(&self.space, key);
+                }
+            }
+        }
+        pending.writes_digest = hasher.finalize().into();
+        pending.overlay.entry(self.space.clone()).or_default().extend(writes);
+        Ok(())
+    }
+}
+
+/// A plugin's kv space as queries see it: what RocksDB holds.
+pub(crate) struct ReadBackend {
+    pub store: Store,
+    pub space: String,
+}
+
+impl KvBackend for ReadBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.store.data_get(&self.space, key).map_err(backend_err)
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, BackendError> {
+        self.store
+            .data_scan(&self.space, start, end, limit)
+            .map_err(backend_err)
+    }
+
+    fn commit(&mut self, _writes: WriteSet) -> Result<(), BackendError> {
+        // The runtime never commits a query's writes; reaching this is a bug in the caller.
+        Err(BackendError("the query backend is read-only".into()))
+    }
+}

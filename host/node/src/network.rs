@@ -1,0 +1,363 @@
+//! The peer transport: openraft's network over tonic, one cached channel per peer, with a fault
+//! layer ([`Faults`]) between this node and each peer for tests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, ErrorSubject, ErrorVerb, StorageError};
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::{self, peer_client::PeerClient};
+use crate::snapshot::SnapshotFile;
+use crate::types::{
+    NodeId, Snapshot, TypeConfig, Vote, entry_to_pb, log_id_from_pb, opt_log_id_from_pb, opt_log_id_to_pb,
+    vote_from_pb, vote_to_pb,
+};
+
+/// Snapshot bytes per gRPC message.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// What happens to RPCs from this node to one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkFault {
+    /// Fail every RPC as unreachable (a partition, one direction).
+    pub drop: bool,
+    /// Hold every RPC this long before sending it.
+    pub delay: Duration,
+}
+
+/// The fault layer between this node and its peers. Empty (no faults) unless a test sets one.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    links: Arc<Mutex<HashMap<NodeId, LinkFault>>>,
+}
+
+impl Faults {
+    pub fn set(&self, peer: NodeId, fault: LinkFault) {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, fault);
+    }
+
+    pub fn heal_all(&self) {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn get(&self, peer: NodeId) -> LinkFault {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Makes the peer clients; channels are cached by address and shared.
+#[derive(Clone)]
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    faults: Faults,
+}
+
+impl Network {
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            channels: Arc::default(),
+            faults,
+        }
+    }
+
+    /// A lazily connecting channel to `addr` (`http://host:port`).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(addr.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            channel: self.channel(&node.addr).map_err(|e| e.to_string()),
+            faults: self.faults.clone(),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    channel: Result<Channel, String>,
+    faults: Faults,
+}
+
+fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(msg.into()))
+}
+
+fn malformed(e: crate::types::Malformed) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(format!("peer sent {e}")))
+}
+
+pub(crate) fn append_request_to_pb(rpc: &AppendEntriesRequest<TypeConfig>) -> pb::AppendRequest {
+    pb::AppendRequest {
+        vote: Some(vote_to_pb(&rpc.vote)),
+        prev_log_id: opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
+        entries: rpc.entries.iter().map(entry_to_pb).collect(),
+        leader_commit: opt_log_id_to_pb(rpc.leader_commit.as_ref()),
+    }
+}
+
+pub(crate) fn vote_request_to_pb(rpc: &VoteRequest<TypeConfig>) -> pb::VoteRequest {
+    pb::VoteRequest {
+        vote: Some(vote_to_pb(&rpc.vote)),
+        last_log_id: opt_log_id_to_pb(rpc.last_log_id.as_ref()),
+        leadership_transfer: rpc.leadership_transfer,
+    }
+}
+
+fn vote_response_from_pb(resp: pb::VoteResponse) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    let vote = vote_from_pb(resp.vote.as_ref()).map_err(malformed)?;
+    Ok(VoteResponse::new(
+        vote,
+        opt_log_id_from_pb(resp.last_log_id.as_ref()),
+        resp.vote_granted,
+    ))
+}
+
+fn stream_result_from_pb(resp: pb::AppendResponse) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+    use pb::append_response::Result as R;
+    match resp.result {
+        Some(R::Success(f)) | Some(R::Partial(f)) => Ok(Ok(opt_log_id_from_pb(f.log_id.as_ref()))),
+        Some(R::Conflict(c)) => {
+            let id = c
+                .log_id
+                .as_ref()
+                .ok_or_else(|| malformed(crate::types::Malformed("conflict without a log id")))?;
+            Ok(Err(StreamAppendError::Conflict(log_id_from_pb(id))))
+        }
+        Some(R::HigherVote(v)) => Ok(Err(StreamAppendError::HigherVote(
+            vote_from_pb(Some(&v)).map_err(malformed)?,
+        ))),
+        None => Err(malformed(crate::types::Malformed("empty append response"))),
+    }
+}
+
+impl PeerConnection {
+    /// The client for one RPC, after the fault layer had its say.
+    async fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
+        let fault = self.faults.get(self.target);
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        if fault.drop {
+            return Err(unreachable(format!(
+                "link to node {} is cut (fault layer)",
+                self.target
+            )));
+        }
+        let channel = self.channel.clone().map_err(unreachable)?;
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+}
+
+fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(option.soft_ttl());
+    req
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client().await?;
+        let resp = client
+            .append(request(append_request_to_pb(&rpc), &option))
+            .await
+            .map_err(status_to_rpc)?
+            .into_inner();
+        use pb::append_response::Result as R;
+        match resp.result {
+            Some(R::Success(_)) => Ok(AppendEntriesResponse::Success),
+            Some(R::Partial(f)) => Ok(AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(
+                f.log_id.as_ref(),
+            ))),
+            Some(R::Conflict(_)) => Ok(AppendEntriesResponse::Conflict),
+            Some(R::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(
+                vote_from_pb(Some(&v)).map_err(malformed)?,
+            )),
+            None => Err(malformed(crate::types::Malformed("empty append response"))),
+        }
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        async move {
+            let mut client = self.client().await?;
+            let requests = input.map(|rpc| append_request_to_pb(&rpc));
+            let responses = client
+                .stream_append(requests)
+                .await
+                .map_err(status_to_rpc)?
+                .into_inner();
+            let results = responses.map(|item| match item {
+                Ok(resp) => stream_result_from_pb(resp),
+                Err(status) => Err(status_to_rpc(status)),
+            });
+            Ok(results.boxed())
+        }
+        .boxed()
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client().await?;
+        let resp = client
+            .vote(request(vote_request_to_pb(&rpc), &option))
+            .await
+            .map_err(status_to_rpc)?;
+        vote_response_from_pb(resp.into_inner())
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client().await?;
+        let resp = client
+            .pre_vote(request(vote_request_to_pb(&rpc), &option))
+            .await
+            .map_err(status_to_rpc)?;
+        vote_response_from_pb(resp.into_inner())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().await?;
+        let file = snapshot.snapshot;
+        let storage_err = |e: std::io::Error| {
+            StreamingError::StorageError(StorageError::from_io_error(
+                ErrorSubject::Snapshot(None),
+                ErrorVerb::Read,
+                e,
+            ))
+        };
+        let mut reader = tokio::fs::File::open(&file.path).await.map_err(storage_err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        let start = pb::SnapshotChunk {
+            part: Some(pb::snapshot_chunk::Part::Start(pb::SnapshotStart {
+                vote: Some(vote_to_pb(&vote)),
+                size: file.size,
+            })),
+        };
+        // Feed the file into the stream; the bounded channel is the backpressure.
+        let feeder = async move {
+            if tx.send(start).await.is_err() {
+                return Ok(());
+            }
+            loop {
+                let mut buf = vec![0; SNAPSHOT_CHUNK_BYTES];
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                let chunk = pb::SnapshotChunk {
+                    part: Some(pb::snapshot_chunk::Part::Data(buf)),
+                };
+                if tx.send(chunk).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let (fed, resp): (std::io::Result<()>, _) = tokio::select! {
+            both = async { tokio::join!(feeder, call) } => both,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        fed.map_err(storage_err)?;
+        let resp = resp.map_err(|s| StreamingError::from(status_to_rpc(s)))?.into_inner();
+        let vote = vote_from_pb(resp.vote.as_ref()).map_err(|e| StreamingError::from(malformed(e)))?;
+        Ok(SnapshotResponse::new(vote))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client().await?;
+        let msg = pb::TransferLeaderRequest {
+            from_leader: Some(vote_to_pb(req.from_leader())),
+            to: *req.to_node_id(),
+            last_log_id: opt_log_id_to_pb(req.last_log_id()),
+        };
+        let resp = client
+            .transfer_leader(request(msg, &option))
+            .await
+            .map_err(status_to_rpc)?;
+        let refused = resp.into_inner().refused;
+        if refused.is_empty() {
+            Ok(Ok(()))
+        } else {
+            Err(RPCError::Network(NetworkError::from_string(format!(
+                "transfer refused: {refused}"
+            ))))
+        }
+    }
+}

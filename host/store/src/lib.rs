@@ -1,0 +1,406 @@
+//! # wasmraft-store: the node's RocksDB, and the only crate that touches it
+//!
+//! One database, five column families:
+//!
+//! | family | keys | values |
+//! |---|---|---|
+//! | `log` | log index, 8-byte big-endian (so keys sort by index) | an encoded raft entry |
+//! | `raft_meta` | names (`vote`, `committed`, `purged`) | encoded raft state |
+//! | `sm_meta` | names (`applied`, `membership`, `registry`, `digest`) | encoded state-machine state |
+//! | `data` | `space \0 key`: one key space per plugin | the plugin's value |
+//! | `blobs` | names (a component's sha256, upload chunks) | bytes |
+//!
+//! The API is bytes in, bytes out: encodings belong to the node, which owns the Raft types.
+//!
+//! ## Durability
+//! - Log and raft-meta writes are made durable by [`Store::sync`] (a WAL fsync). RocksDB's WAL is
+//!   sequential, so one sync covers every earlier write: the node groups concurrent appends under
+//!   one sync before acknowledging them.
+//! - State-machine writes ([`SmBatch`]) are atomic and not synced: after a crash the state machine
+//!   is at some earlier applied index and re-applies the log from there. Because the applied index
+//!   travels in the same batch as the writes, an entry is either fully applied or not at all.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteOptions};
+
+const LOG: &str = "log";
+const RAFT_META: &str = "raft_meta";
+const SM_META: &str = "sm_meta";
+const DATA: &str = "data";
+const BLOBS: &str = "blobs";
+const FAMILIES: [&str; 5] = [LOG, RAFT_META, SM_META, DATA, BLOBS];
+
+/// A RocksDB failure, or a database that is not ours. Always a node fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("invalid key space name {0:?}: use 1-64 of [a-z0-9_-], starting with a letter or digit")]
+    BadSpace(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A key-value pair.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// The node's database. Cheap to clone; every clone is the same database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
+    }
+}
+
+/// Checks a key space (plugin) name: it is part of every key of the space.
+pub fn check_space(space: &str) -> Result<()> {
+    let ok = !space.is_empty()
+        && space.len() <= 64
+        && space
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && space.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadSpace(space.to_string()))
+    }
+}
+
+fn space_key(space: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(space.len() + 1 + key.len());
+    k.extend_from_slice(space.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The first key after every key of `space` (`space \x01`).
+fn space_end(space: &str) -> Vec<u8> {
+    let mut k = space.as_bytes().to_vec();
+    k.push(1);
+    k
+}
+
+impl Store {
+    /// Opens (or creates) the database in `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Writes are small and frequent; keep RocksDB's own threads to what 2 cores can spare.
+        opts.increase_parallelism(2);
+        let families = FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, families)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // Every family is created by `open`, so a missing one is a bug, not an input.
+        self.db.cf_handle(name).expect("column family created by Store::open")
+    }
+
+    /// Makes every earlier write durable (fsyncs the WAL).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
+    // ---- raft log ----
+
+    /// Writes entries (index, bytes) to the log, atomically. Readable at once; durable after
+    /// [`Store::sync`].
+    pub fn log_append(&self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        let cf = self.cf(LOG);
+        for (index, bytes) in entries {
+            batch.put_cf(cf, index.to_be_bytes(), bytes);
+        }
+        Ok(self.db.write(batch)?)
+    }
+
+    /// Entries with `start <= index < end`, in order, from one consistent view.
+    pub fn log_range(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(end.to_be_bytes());
+        let start_key = start.to_be_bytes();
+        let iter = self
+            .db
+            .iterator_cf_opt(self.cf(LOG), read, IteratorMode::From(&start_key, Direction::Forward));
+        iter.map(|item| {
+            let (key, value) = item?;
+            Ok((decode_index(&key)?, value.into_vec()))
+        })
+        .collect()
+    }
+
+    /// The last entry of the log, if any.
+    pub fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        match self.db.iterator_cf(self.cf(LOG), IteratorMode::End).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(Some((decode_index(&key)?, value.into_vec())))
+            }
+        }
+    }
+
+    /// Deletes every entry with `index >= from`.
+    pub fn log_truncate_from(&self, from: u64) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(self.cf(LOG), from.to_be_bytes(), u64::MAX.to_be_bytes());
+        batch.delete_cf(self.cf(LOG), u64::MAX.to_be_bytes());
+        Ok(self.db.write(batch)?)
+    }
+
+    /// Deletes every entry with `index <= upto` and records `meta` (e.g. the purged log id) in the
+    /// same atomic write, so the log never has a hole the meta does not explain.
+    pub fn log_purge_to(&self, upto: u64, meta: (&str, &[u8])) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(RAFT_META), meta.0, meta.1);
+        batch.delete_range_cf(self.cf(LOG), 0u64.to_be_bytes(), upto.saturating_add(1).to_be_bytes());
+        if upto == u64::MAX {
+            batch.delete_cf(self.cf(LOG), u64::MAX.to_be_bytes());
+        }
+        Ok(self.db.write(batch)?)
+    }
+
+    // ---- raft meta ----
+
+    pub fn raft_meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(RAFT_META), key)?)
+    }
+
+    /// Writes a raft meta value; with `sync`, durable on return.
+    pub fn raft_meta_put(&self, key: &str, value: &[u8], sync: bool) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        Ok(self.db.put_cf_opt(self.cf(RAFT_META), key, value, &opts)?)
+    }
+
+    // ---- state machine ----
+
+    pub fn sm_meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(SM_META), key)?)
+    }
+
+    /// A plugin's value for `key`.
+    pub fn data_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(DATA), space_key(space, key))?)
+    }
+
+    /// A plugin's pairs with `start <= key < end` (`end` `None`: to the end of the space), at most
+    /// `limit`, in key order.
+    pub fn data_scan(&self, space: &str, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>> {
+        if end.is_some_and(|end| end <= start) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix_len = space.len() + 1;
+        let upper = end.map_or_else(|| space_end(space), |end| space_key(space, end));
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(upper);
+        let from = space_key(space, start);
+        let iter = self
+            .db
+            .iterator_cf_opt(self.cf(DATA), read, IteratorMode::From(&from, Direction::Forward));
+        let mut pairs = Vec::new();
+        for item in iter.take(limit) {
+            let (key, value) = item?;
+            pairs.push((key[prefix_len..].to_vec(), value.into_vec()));
+        }
+        Ok(pairs)
+    }
+
+    /// Applies a state-machine batch atomically (not synced: see the crate docs).
+    pub fn write(&self, batch: SmBatch) -> Result<()> {
+        Ok(self.db.write(batch.batch)?)
+    }
+
+    /// A new, empty state-machine batch.
+    pub fn batch(&self) -> SmBatch {
+        SmBatch {
+            store: self.clone(),
+            batch: rocksdb::WriteBatch::default(),
+        }
+    }
+
+    // ---- blobs ----
+
+    pub fn blob_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(BLOBS), key)?)
+    }
+
+    /// Every blob key starting with `prefix`, with its value, in key order.
+    pub fn blob_scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let iter = self.db.iterator_cf(
+            self.cf(BLOBS),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let key = String::from_utf8(key.into_vec()).map_err(|_| StoreError::Corrupt("blob key".into()))?;
+            out.push((key, value.into_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn decode_index(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("log key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// State-machine writes that land together or not at all: plugin data, state-machine meta and
+/// blobs.
+pub struct SmBatch {
+    store: Store,
+    batch: rocksdb::WriteBatch,
+}
+
+impl SmBatch {
+    pub fn put_data(&mut self, space: &str, key: &[u8], value: &[u8]) {
+        let cf = self.store.cf(DATA);
+        self.batch.put_cf(cf, space_key(space, key), value);
+    }
+
+    pub fn delete_data(&mut self, space: &str, key: &[u8]) {
+        let cf = self.store.cf(DATA);
+        self.batch.delete_cf(cf, space_key(space, key));
+    }
+
+    /// Deletes a whole key space.
+    pub fn clear_space(&mut self, space: &str) {
+        let cf = self.store.cf(DATA);
+        self.batch.delete_range_cf(cf, space_key(space, b""), space_end(space));
+    }
+
+    pub fn put_meta(&mut self, key: &str, value: &[u8]) {
+        let cf = self.store.cf(SM_META);
+        self.batch.put_cf(cf, key, value);
+    }
+
+    pub fn put_blob(&mut self, key: &str, value: &[u8]) {
+        let cf = self.store.cf(BLOBS);
+        self.batch.put_cf(cf, key, value);
+    }
+
+    pub fn delete_blob(&mut self, key: &str) {
+        let cf = self.store.cf(BLOBS);
+        self.batch.delete_cf(cf, key);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn log_reads_back_ranges_in_index_order_and_truncates_and_purges() {
+        let (_dir, store) = open();
+        store
+            .log_append((1..=300).map(|i| (i, i.to_string().into_bytes())))
+            .unwrap();
+        let range = store.log_range(255, 258).unwrap();
+        assert_eq!(range.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [255, 256, 257]);
+        assert_eq!(range[0].1, b"255");
+        assert_eq!(store.log_last().unwrap().unwrap().0, 300);
+
+        store.log_truncate_from(100).unwrap();
+        assert_eq!(store.log_last().unwrap().unwrap().0, 99);
+        store.log_purge_to(50, ("purged", b"50")).unwrap();
+        let rest = store.log_range(0, u64::MAX).unwrap();
+        assert_eq!(rest.first().unwrap().0, 51);
+        assert_eq!(rest.len(), 49);
+        assert_eq!(store.raft_meta_get("purged").unwrap().unwrap(), b"50");
+    }
+
+    #[test]
+    fn key_spaces_do_not_see_each_other() {
+        let (_dir, store) = open();
+        let mut batch = store.batch();
+        batch.put_data("a", b"k1", b"a1");
+        batch.put_data("a", b"k2", b"a2");
+        batch.put_data("ab", b"k1", b"ab1");
+        batch.put_data("b", b"", b"b-empty-key");
+        store.write(batch).unwrap();
+
+        let a = store.data_scan("a", b"", None, 100).unwrap();
+        assert_eq!(
+            a,
+            vec![(b"k1".to_vec(), b"a1".to_vec()), (b"k2".to_vec(), b"a2".to_vec())]
+        );
+        assert_eq!(store.data_scan("a", b"k2", None, 100).unwrap().len(), 1);
+        assert_eq!(store.data_scan("a", b"", Some(b"k2"), 100).unwrap().len(), 1);
+        assert_eq!(store.data_scan("a", b"", None, 1).unwrap().len(), 1);
+        assert_eq!(store.data_get("b", b"").unwrap().unwrap(), b"b-empty-key");
+        assert_eq!(store.data_get("ab", b"k2").unwrap(), None);
+
+        let mut batch = store.batch();
+        batch.clear_space("a");
+        store.write(batch).unwrap();
+        assert!(store.data_scan("a", b"", None, 100).unwrap().is_empty());
+        assert_eq!(store.data_scan("ab", b"", None, 100).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn everything_written_is_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.log_append([(7, b"seven".to_vec())]).unwrap();
+            store.raft_meta_put("vote", b"v", true).unwrap();
+            let mut batch = store.batch();
+            batch.put_data("kv", b"a", b"1");
+            batch.put_meta("applied", b"7");
+            batch.put_blob("sha", b"component");
+            store.write(batch).unwrap();
+            store.sync().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.log_last().unwrap().unwrap(), (7, b"seven".to_vec()));
+        assert_eq!(store.raft_meta_get("vote").unwrap().unwrap(), b"v");
+        assert_eq!(store.data_get("kv", b"a").unwrap().unwrap(), b"1");
+        assert_eq!(store.sm_meta_get("applied").unwrap().unwrap(), b"7");
+        assert_eq!(
+            store.blob_scan_prefix("sh").unwrap(),
+            vec![("sha".to_string(), b"component".to_vec())]
+        );
+    }
+
+    #[test]
+    fn space_names_are_checked() {
+        assert!(check_space("kv").is_ok());
+        assert!(check_space("kv-py_2").is_ok());
+        for bad in ["", "-kv", "KV", "a/b", "a\0b", &"x".repeat(65)] {
+            assert!(check_space(bad).is_err(), "{bad:?}");
+        }
+    }
+}

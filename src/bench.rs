@@ -1,0 +1,193 @@
+//! `wasmraft bench`: a closed-loop load against a running cluster, reporting ops/s and latency
+//! percentiles; with `--compare-native`, the same workload against the kv logic compiled into the
+//! node (`builtin:kv-native`), in the same run, and the ratio.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use wasmraft_node::pb;
+
+use crate::client;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Any node of the cluster.
+    #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = client::DEFAULT_ENDPOINT)]
+    endpoint: String,
+    /// Concurrent clients, each with its own connection, one request in flight each.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Operations in total.
+    #[arg(long, default_value_t = 10_000)]
+    ops: usize,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// The plugin under load (kv's command language).
+    #[arg(long, default_value = "kv")]
+    plugin: String,
+    /// Fraction of operations that are reads (queries), 0.0-1.0.
+    #[arg(long, default_value_t = 0.0)]
+    read_ratio: f64,
+    /// Read consistency: linearizable, lease or local.
+    #[arg(long, default_value = "linearizable", value_parser = client::parse_consistency)]
+    consistency: pb::Consistency,
+    /// Also run the workload against the kv logic compiled natively into the node (activated as
+    /// `native-kv`), and print the WASM/native ratio.
+    #[arg(long)]
+    compare_native: bool,
+}
+
+/// What one run measured.
+struct Outcome {
+    ops: usize,
+    errors: usize,
+    elapsed: Duration,
+    /// Latencies in microseconds, sorted.
+    latencies: Vec<u64>,
+}
+
+impl Outcome {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[rank - 1] as f64 / 1000.0
+    }
+}
+
+/// A small deterministic generator (no dependency, same workload every run).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
+    let value = "x".repeat(args.value_size);
+    let per_client = args.ops.div_ceil(args.clients.max(1));
+    let mut clients = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        clients.push(client::connect(&args.endpoint).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut api) in clients.into_iter().enumerate() {
+        let plugin = plugin.to_string();
+        let value = value.clone();
+        let (keys, read_ratio, consistency) = (args.keys.max(1), args.read_ratio, args.consistency);
+        let ops = per_client.min(args.ops.saturating_sub(c * per_client));
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SplitMix(c as u64 + 1);
+            let mut latencies = Vec::with_capacity(ops);
+            let mut errors = 0;
+            for _ in 0..ops {
+                let key = rng.next() % keys as u64;
+                let read = (rng.next() % 10_000) as f64 / 10_000.0 < read_ratio;
+                let t = Instant::now();
+                let ok = if read {
+                    let request = format!(r#"{{"op":"get","key":"k{key}"}}"#).into_bytes();
+                    let req = pb::QueryRequest {
+                        plugin: plugin.clone(),
+                        request,
+                        consistency: consistency as i32,
+                    };
+                    api.query(req).await.is_ok()
+                } else {
+                    let payload = format!(r#"{{"op":"put","key":"k{key}","value":"{value}"}}"#).into_bytes();
+                    let req = pb::CallRequest {
+                        plugin: plugin.clone(),
+                        payload: payload.into(),
+                    };
+                    api.call(req).await.is_ok()
+                };
+                latencies.push(t.elapsed().as_micros() as u64);
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.ops);
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Outcome {
+        ops: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+    })
+}
+
+fn print_row(label: &str, o: &Outcome) {
+    println!(
+        "{label:<12} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+        o.ops,
+        o.ops_per_sec(),
+        o.percentile(0.50),
+        o.percentile(0.99),
+        o.percentile(0.999),
+        o.errors
+    );
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        anyhow::bail!("--read-ratio must be between 0 and 1");
+    }
+    if args.compare_native {
+        let mut api = client::connect(&args.endpoint).await?;
+        let plugins = api.list_plugins(pb::ListPluginsRequest {}).await?.into_inner().plugins;
+        if !plugins.iter().any(|p| p.name == "native-kv") {
+            client::activate_builtin(&mut api, "native-kv", "kv-native")
+                .await
+                .map_err(|s| anyhow::anyhow!("activating native-kv: {}", s.message()))?;
+        }
+    }
+    println!(
+        "bench: {} clients, {} ops, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
+        args.clients, args.ops, args.value_size, args.keys, args.read_ratio, args.consistency, args.endpoint
+    );
+    println!(
+        "{:<12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "plugin", "ops", "ops/s", "p50 ms", "p99 ms", "p999 ms", "errors"
+    );
+    let wasm = run_once(&args, &args.plugin).await?;
+    print_row(&args.plugin, &wasm);
+    if args.compare_native {
+        let native = run_once(&args, "native-kv").await?;
+        print_row("native-kv", &native);
+        println!(
+            "{} / native-kv: {:.2}x ops/s, p50 {:.2}x",
+            args.plugin,
+            wasm.ops_per_sec() / native.ops_per_sec(),
+            wasm.percentile(0.5) / native.percentile(0.5).max(f64::MIN_POSITIVE)
+        );
+    }
+    let errors = wasm.errors;
+    if errors > 0 {
+        eprintln!("warning: {errors} operations failed");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,318 @@
+//! The client commands: `call`, `query`, `deploy`, `plugins`, `cluster ...`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use wasmraft_node::pb::{self, api_client::ApiClient};
+
+/// The endpoint when none is given: `$WASMRAFT_ENDPOINT`, else the first `wasmraft dev` node.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001";
+
+/// Piece size of a deploy stream (the node re-chunks into log entries).
+const UPLOAD_PIECE: usize = 256 << 10;
+
+pub async fn connect(endpoint: &str) -> anyhow::Result<ApiClient<Channel>> {
+    let endpoint = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .with_context(|| format!("bad endpoint {endpoint:?}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach a wasmraft node at {endpoint} (is `wasmraft dev` running?)"))?;
+    Ok(ApiClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Prints a failed request's status the way users read it, and picks the exit code.
+pub fn report(status: &tonic::Status) -> ExitCode {
+    let kind = match status.code() {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::FailedPrecondition => "failed",
+        tonic::Code::InvalidArgument => "bad request",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "error",
+    };
+    eprintln!("error ({kind}): {}", status.message());
+    ExitCode::from(1)
+}
+
+/// Text given on the command line, or a file's bytes with `--file`.
+pub fn payload(text: Option<String>, file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    match (text, file) {
+        (Some(_), Some(_)) => anyhow::bail!("give the payload as text or with --file, not both"),
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, Some(file)) => std::fs::read(file).with_context(|| format!("reading {}", file.display())),
+        (None, None) => anyhow::bail!("no payload: give it as text or with --file"),
+    }
+}
+
+fn print_bytes(bytes: &[u8]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout();
+    let _ = out.write_all(bytes);
+    if !bytes.ends_with(b"\n") {
+        let _ = out.write_all(b"\n");
+    }
+}
+
+pub async fn call(endpoint: &str, plugin: String, payload: Vec<u8>) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    match client.call(pb::CallRequest { plugin, payload }).await {
+        Ok(resp) => {
+            print_bytes(&resp.into_inner().result);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub fn parse_consistency(s: &str) -> Result<pb::Consistency, String> {
+    match s {
+        "linearizable" => Ok(pb::Consistency::Linearizable),
+        "lease" => Ok(pb::Consistency::Lease),
+        "local" => Ok(pb::Consistency::Local),
+        other => Err(format!(
+            "unknown consistency {other:?}: use linearizable, lease or local"
+        )),
+    }
+}
+
+pub async fn query(
+    endpoint: &str,
+    plugin: String,
+    request: Vec<u8>,
+    consistency: pb::Consistency,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let req = pb::QueryRequest {
+        plugin,
+        request,
+        consistency: consistency as i32,
+    };
+    match client.query(req).await {
+        Ok(resp) => {
+            print_bytes(&resp.into_inner().result);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+/// Uploads and activates a component; returns (sha256, activation index).
+pub async fn deploy_bytes(
+    client: &mut ApiClient<Channel>,
+    name: &str,
+    bytes: Vec<u8>,
+    config: Vec<u8>,
+    mut on_progress: impl FnMut(u64, u64),
+) -> Result<(String, u64), tonic::Status> {
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let start = pb::DeployRequest {
+        part: Some(pb::deploy_request::Part::Start(pb::DeployStart {
+            name: name.to_string(),
+            sha256: sha256.clone(),
+            size: bytes.len() as u64,
+            config,
+        })),
+    };
+    let pieces: Vec<pb::DeployRequest> = bytes
+        .chunks(UPLOAD_PIECE)
+        .map(|piece| pb::DeployRequest {
+            part: Some(pb::deploy_request::Part::Data(piece.to_vec())),
+        })
+        .collect();
+    let requests = futures::stream::iter(std::iter::once(start).chain(pieces));
+    let mut progress = client.deploy(requests).await?.into_inner();
+    let mut activated = None;
+    while let Some(msg) = progress.next().await {
+        let msg = msg?;
+        on_progress(msg.committed_bytes, msg.total_bytes);
+        if let Some(index) = msg.activated_index {
+            activated = Some(index);
+        }
+    }
+    let index = activated.ok_or_else(|| tonic::Status::internal("deploy ended without an activation"))?;
+    Ok((sha256, index))
+}
+
+/// Activates a built-in of the node (e.g. `kv-native`) under `name`.
+pub async fn activate_builtin(
+    client: &mut ApiClient<Channel>,
+    name: &str,
+    builtin: &str,
+) -> Result<u64, tonic::Status> {
+    let start = pb::DeployRequest {
+        part: Some(pb::deploy_request::Part::Start(pb::DeployStart {
+            name: name.to_string(),
+            sha256: format!("builtin:{builtin}"),
+            size: 0,
+            config: Vec::new(),
+        })),
+    };
+    let mut progress = client.deploy(futures::stream::iter([start])).await?.into_inner();
+    let mut activated = None;
+    while let Some(msg) = progress.next().await {
+        activated = msg?.activated_index.or(activated);
+    }
+    activated.ok_or_else(|| tonic::Status::internal("activation did not report an index"))
+}
+
+pub async fn deploy(endpoint: &str, name: String, file: &Path, config: Vec<u8>) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut client = connect(endpoint).await?;
+    let started = Instant::now();
+    let show = bytes.len() > 1 << 20;
+    let result = deploy_bytes(&mut client, &name, bytes, config, |done, total| {
+        if show {
+            eprint!("\rdeploy {name}: {} / {} KiB committed", done / 1024, total / 1024);
+        }
+    })
+    .await;
+    if show {
+        eprintln!();
+    }
+    match result {
+        Ok((sha256, index)) => {
+            println!("deployed {name}");
+            println!("  sha256      {sha256}");
+            println!("  activated   at log index {index}");
+            println!("  took        {:.2} s", started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn plugins(endpoint: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    match client.list_plugins(pb::ListPluginsRequest {}).await {
+        Ok(resp) => {
+            let plugins = resp.into_inner().plugins;
+            if plugins.is_empty() {
+                println!("no plugins (deploy one: wasmraft deploy NAME FILE.wasm)");
+            }
+            for p in plugins {
+                println!(
+                    "{:<16} {}  {:>9} bytes  active since index {}",
+                    p.name, p.sha256, p.size, p.activated_index
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let s = match client.cluster_status(pb::ClusterStatusRequest {}).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => return Ok(report(&status)),
+    };
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!("node {} ({}), term {}", s.id, s.state, s.term);
+    match s.leader_id {
+        Some(id) => println!("leader      node {id} at {}", s.leader_addr),
+        None => println!("leader      none yet"),
+    }
+    println!(
+        "log         last {}, committed {}, applied {}",
+        opt(s.last_log_index),
+        opt(s.committed_index),
+        opt(s.applied_index)
+    );
+    println!("digest      {} (at index {})", s.state_digest, s.digest_index);
+    if s.joint {
+        println!("membership  changing (joint consensus)");
+    }
+    for n in s.nodes {
+        println!(
+            "  node {:<4} {:<28} {:<8} matched {}",
+            n.id,
+            n.addr,
+            if n.voter { "voter" } else { "learner" },
+            opt(n.matched_index)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ID=ADDR` pairs.
+pub fn parse_members(members: &[String]) -> anyhow::Result<HashMap<u64, String>> {
+    members
+        .iter()
+        .map(|m| {
+            let (id, addr) = m
+                .split_once('=')
+                .with_context(|| format!("member {m:?}: write ID=ADDR, e.g. 2=http://127.0.0.1:7002"))?;
+            let id = id
+                .parse()
+                .with_context(|| format!("member {m:?}: the id is not a number"))?;
+            Ok((id, addr.to_string()))
+        })
+        .collect()
+}
+
+pub async fn init(endpoint: &str, members: HashMap<u64, String>) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    match client.init(pb::InitRequest { members }).await {
+        Ok(_) => {
+            println!("cluster initialized");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn add_learner(endpoint: &str, id: u64, addr: String, no_wait: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let req = pb::AddLearnerRequest {
+        id,
+        addr,
+        blocking: !no_wait,
+    };
+    match client.add_learner(req).await {
+        Ok(resp) => {
+            println!("node {id} added as a learner at log index {}", resp.into_inner().index);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn change_membership(endpoint: &str, voters: Vec<u64>, retain: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let req = pb::ChangeMembershipRequest {
+        voters: voters.clone(),
+        retain,
+    };
+    match client.change_membership(req).await {
+        Ok(resp) => {
+            println!("voters are now {voters:?} (log index {})", resp.into_inner().index);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn transfer_leader(endpoint: &str, to: u64) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    match client.transfer_leader(pb::TransferLeaderToRequest { to }).await {
+        Ok(_) => {
+            println!("leadership transfer to node {to} started");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}

@@ -1,0 +1,220 @@
+//! `wasmraft dev` (a local cluster in one process, with the kv plugin) and `wasmraft node` (one
+//! node from a config file).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Deserialize;
+use wasmraft_node::pb;
+use wasmraft_node::{Node, NodeConfig};
+use wasmraft_runtime::Limits;
+
+use crate::client;
+
+/// Waits until `check` holds, polling, or fails after `timeout` with `what`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+pub struct DevOptions {
+    pub nodes: u64,
+    pub data_dir: Option<PathBuf>,
+    pub base_port: u16,
+    pub plugin: Option<PathBuf>,
+}
+
+pub async fn dev(opts: DevOptions) -> anyhow::Result<ExitCode> {
+    if opts.nodes == 0 {
+        anyhow::bail!("--nodes must be at least 1");
+    }
+    let (data_dir, fresh) = match &opts.data_dir {
+        Some(dir) => (dir.clone(), !dir.join("node-1").exists()),
+        None => {
+            let dir = std::env::temp_dir().join(format!("wasmraft-dev-{}", opts.base_port));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            (dir, true)
+        }
+    };
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=opts.nodes {
+        let port = opts.base_port as u64 + id - 1;
+        let port = u16::try_from(port).context("--base-port + --nodes is past port 65535")?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut config = NodeConfig::new(id, listen, data_dir.join(format!("node-{id}")));
+        config.compile_cache_dir = Some(data_dir.join("compiled"));
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("starting node {id} on {listen} (is the port in use? try --base-port)"))?;
+        members.insert(id, node.addr().to_string());
+        nodes.push(node);
+    }
+    let first = nodes[0].addr().to_string();
+    if fresh {
+        nodes[0]
+            .inner
+            .initialize(members.clone())
+            .await
+            .map_err(|s| anyhow::anyhow!("initializing the cluster: {}", s.message()))?;
+    }
+    wait_for("a leader", Duration::from_secs(20), || async {
+        nodes[0].inner.leader().is_some()
+    })
+    .await?;
+
+    let plugin = opts
+        .plugin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(wasmraft::plugins::KV));
+    let bytes = std::fs::read(&plugin)
+        .with_context(|| format!("reading the kv plugin {} (build it: cargo build)", plugin.display()))?;
+    let mut api = client::connect(&first).await?;
+    let active = api.list_plugins(pb::ListPluginsRequest {}).await?.into_inner().plugins;
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    if !active.iter().any(|p| p.name == "kv" && p.sha256 == sha256) {
+        let (_, index) = client::deploy_bytes(&mut api, "kv", bytes, Vec::new(), |_, _| {})
+            .await
+            .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
+        eprintln!(
+            "deployed {} as `kv` (sha256 {sha256}, log index {index})",
+            plugin.display()
+        );
+    }
+
+    println!("wasmraft dev: {} nodes, data in {}", opts.nodes, data_dir.display());
+    for node in &nodes {
+        println!("  node {}  {}", node.id(), node.addr());
+    }
+    println!();
+    println!("Try (in another terminal):");
+    let ep = if opts.base_port == 7001 {
+        String::new()
+    } else {
+        format!("--endpoint {first} ")
+    };
+    println!("  wasmraft call {ep}kv '{{\"op\":\"put\",\"key\":\"a\",\"value\":\"1\"}}'");
+    println!("  wasmraft query {ep}kv '{{\"op\":\"get\",\"key\":\"a\"}}'");
+    println!("  wasmraft cluster status {ep}");
+    println!("  wasmraft plugins {ep}");
+    println!("  wasmraft bench {ep}--clients 16 --ops 20000");
+    println!();
+    println!("Ctrl-C stops the cluster.");
+    tokio::signal::ctrl_c().await?;
+    eprintln!("stopping...");
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wasmraft node --config FILE`: the TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub id: u64,
+    /// e.g. "127.0.0.1:7001"
+    pub listen: SocketAddr,
+    /// What peers and clients dial; default http://{listen}.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// Compiled-component cache; default data_dir/compiled. Nodes on one machine may share one.
+    pub compile_cache_dir: Option<PathBuf>,
+    /// The initial voters other than this node, id -> address; `wasmraft cluster init` uses them.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub raft: RaftSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSection {
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub fuel_per_entry: Option<u64>,
+    pub max_memory_bytes: Option<usize>,
+    pub max_component_bytes: Option<usize>,
+}
+
+pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, String>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: NodeFile =
+        toml::from_str(&text).with_context(|| format!("{} is not a valid node config", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut config = NodeConfig::new(file.id, file.listen, base.join(&file.data_dir));
+    config.advertise = file.advertise;
+    config.compile_cache_dir = file.compile_cache_dir.map(|dir| base.join(dir));
+    if let Some(v) = file.raft.heartbeat_ms {
+        config.heartbeat_ms = v;
+    }
+    if let Some(v) = file.raft.election_timeout_min_ms {
+        config.election_timeout_min_ms = v;
+    }
+    if let Some(v) = file.raft.election_timeout_max_ms {
+        config.election_timeout_max_ms = v;
+    }
+    let defaults = Limits::default();
+    config.limits = Limits {
+        fuel_per_entry: file.limits.fuel_per_entry.unwrap_or(defaults.fuel_per_entry),
+        max_memory_bytes: file.limits.max_memory_bytes.unwrap_or(defaults.max_memory_bytes),
+        max_component_bytes: file.limits.max_component_bytes.unwrap_or(defaults.max_component_bytes),
+        ..defaults
+    };
+    let mut peers = BTreeMap::new();
+    for (id, addr) in file.peers {
+        let id: u64 = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;
+        peers.insert(id, addr);
+    }
+    Ok((config, peers))
+}
+
+pub async fn node(path: &Path) -> anyhow::Result<ExitCode> {
+    let (config, peers) = read_node_file(path)?;
+    let id = config.id;
+    let node = Node::start(config).await?;
+    let mut members = peers;
+    members.insert(id, node.addr().to_string());
+    node.inner.set_initial_members(members);
+    println!("node {id} serving on {}", node.addr());
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm() => {}
+    }
+    eprintln!("node {id}: stopping");
+    node.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sigterm() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

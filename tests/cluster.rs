@@ -1,0 +1,235 @@
+//! End-to-end: real `wasmraft node` processes on loopback, the kv plugin deployed through the log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, call, cli_at, eventually, query, stderr, stdout};
+use wasmraft_node::pb::{self, Consistency};
+
+fn put(key: &str, value: &str) -> String {
+    format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#)
+}
+
+fn get(key: &str) -> String {
+    format!(r#"{{"op":"get","key":"{key}"}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_replicate_writes_and_agree_on_the_state_digest() {
+    let cluster = Cluster::start_with_kv(3).await;
+    let mut api = cluster.nodes[0].api().await;
+    for i in 0..20 {
+        call(&mut api, "kv", &put(&format!("k{i}"), &format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    let digests = cluster.converged().await;
+    assert!(
+        digests.iter().all(|(_, _, d)| *d == digests[0].2),
+        "replicas diverged: {digests:?}"
+    );
+    for node in &cluster.nodes {
+        let mut api = node.api().await;
+        let value = query(&mut api, "kv", &get("k19"), Consistency::Local).await.unwrap();
+        assert_eq!(value, r#"{"value":"v19"}"#, "node {}", node.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_sent_to_a_follower_is_forwarded_to_the_leader() {
+    let cluster = Cluster::start_with_kv(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let mut api = follower.api().await;
+    call(&mut api, "kv", &put("via-follower", "yes")).await.unwrap();
+    // A linearizable read on the follower: the leader confirms, the follower catches up.
+    let value = query(&mut api, "kv", &get("via-follower"), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(value, r#"{"value":"yes"}"#);
+    let value = query(&mut api, "kv", &get("via-follower"), Consistency::Lease)
+        .await
+        .unwrap();
+    assert_eq!(value, r#"{"value":"yes"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start_with_kv(3).await;
+    let old_leader = cluster.leader().await;
+    let mut api = cluster.node(old_leader).api().await;
+    for i in 0..50 {
+        call(&mut api, "kv", &put(&format!("ack{i}"), &i.to_string()))
+            .await
+            .unwrap();
+    }
+    cluster.node(old_leader).kill();
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+    let mut api = cluster.node(new_leader).api().await;
+    for i in 0..50 {
+        let value = query(&mut api, "kv", &get(&format!("ack{i}")), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(value, format!(r#"{{"value":"{i}"}}"#), "acknowledged write ack{i} lost");
+    }
+    call(&mut api, "kv", &put("after-failover", "1")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_catches_up_on_what_it_missed() {
+    let mut cluster = Cluster::start_with_kv(3).await;
+    let leader = cluster.leader().await;
+    let victim = cluster.nodes.iter().find(|n| n.id != leader).unwrap().id;
+    cluster.node(victim).kill();
+    let mut api = cluster.node(leader).api().await;
+    for i in 0..30 {
+        call(&mut api, "kv", &put(&format!("missed{i}"), "x")).await.unwrap();
+    }
+    cluster.node(victim).start();
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+    let mut api = cluster.node(victim).api().await;
+    let value = query(&mut api, "kv", &get("missed29"), Consistency::Local)
+        .await
+        .unwrap();
+    assert_eq!(value, r#"{"value":"x"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learner_added_and_promoted_serves_reads() {
+    let mut cluster = Cluster::start_with_kv(3).await;
+    let mut api = cluster.nodes[0].api().await;
+    call(&mut api, "kv", &put("before-learner", "1")).await.unwrap();
+    let i = cluster.add_spare_node(4);
+    let learner_addr = cluster.nodes[i].addr.clone();
+    let endpoint = cluster.nodes[0].addr.clone();
+
+    let out = cli_at(&endpoint, &["cluster", "add-learner", "4", &learner_addr]).await;
+    assert!(out.status.success(), "add-learner: {}", stderr(&out));
+    let out = cli_at(&endpoint, &["cluster", "change-membership", "1", "2", "3", "4"]).await;
+    assert!(out.status.success(), "change-membership: {}", stderr(&out));
+
+    let status = cluster.nodes[i].status().await.unwrap();
+    assert!(
+        status.nodes.iter().any(|n| n.id == 4 && n.voter),
+        "node 4 is not a voter: {status:?}"
+    );
+    let mut api = cluster.nodes[i].api().await;
+    let value = query(&mut api, "kv", &get("before-learner"), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(value, r#"{"value":"1"}"#);
+    call(&mut api, "kv", &put("from-node-4", "2")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_plugin_and_a_malformed_payload_get_clear_errors_and_change_nothing() {
+    let cluster = Cluster::start_with_kv(3).await;
+    let mut api = cluster.nodes[0].api().await;
+    call(&mut api, "kv", &put("a", "1")).await.unwrap();
+    let scan = r#"{"op":"scan"}"#;
+    let before = query(&mut api, "kv", scan, Consistency::Linearizable).await.unwrap();
+
+    let err = call(&mut api, "nope", &put("a", "2")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains("unknown plugin"), "{}", err.message());
+
+    let err = call(&mut api, "kv", "{not json").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("malformed"), "{}", err.message());
+
+    let err = query(&mut api, "nope", scan, Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let after = query(&mut api, "kv", scan, Consistency::Linearizable).await.unwrap();
+    assert_eq!(before, after, "a rejected call changed the state");
+
+    // The CLI says the same, on stderr, with a failing exit status.
+    let endpoint = &cluster.nodes[0].addr;
+    let out = cli_at(endpoint, &["call", "nope", "{}"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown plugin"), "{}", stderr(&out));
+    let out = cli_at(endpoint, &["call", "kv", "{not json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("malformed"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_calls_queries_and_reports_the_cluster() {
+    let cluster = Cluster::start_with_kv(3).await;
+    let endpoint = &cluster.nodes[1].addr;
+    let out = cli_at(endpoint, &["call", "kv", &put("cli", "works")]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), r#"{"previous":null}"#);
+    for consistency in ["linearizable", "lease", "local"] {
+        let out = eventually("the read to see the write", Duration::from_secs(10), || async {
+            let out = cli_at(endpoint, &["query", "--consistency", consistency, "kv", &get("cli")]).await;
+            (stdout(&out) == r#"{"value":"works"}"#).then_some(out)
+        })
+        .await;
+        assert!(out.status.success());
+    }
+    let out = cli_at(endpoint, &["cluster", "status"]).await;
+    assert!(stdout(&out).contains("leader      node"), "{}", stdout(&out));
+    let out = cli_at(endpoint, &["plugins"]).await;
+    assert!(stdout(&out).starts_with("kv "), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_leader_yet_is_a_clear_unavailable_error() {
+    let cluster = Cluster::spawn(1);
+    let mut api = cluster.nodes[0].api().await;
+    let err = call(&mut api, "kv", &put("a", "1")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("no leader"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploying_an_invalid_component_is_refused_before_it_reaches_the_log() {
+    let cluster = Cluster::start_with_kv(1).await;
+    let junk = cluster.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let out = cluster.cli(&["deploy", "junk", junk.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a valid plugin"), "{}", stderr(&out));
+    let plugins = cluster.nodes[0]
+        .api()
+        .await
+        .list_plugins(pb::ListPluginsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    assert_eq!(plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["kv"]);
+}
+
+/// Issue 4's promise end to end: the Python port of kv, deployed to a 3-node cluster, serves
+/// writes and reads, and the replicas agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_kv_plugin_deployed_to_three_nodes_serves_writes_and_reads() {
+    // Share the compiled-component cache with tests/polyglot.rs: Python takes ~15 s to compile.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("polyglot-cache");
+    let cluster = Cluster::started(3, &format!("compile_cache_dir = {:?}", cache.to_str().unwrap())).await;
+    cluster.deploy("kv", wasmraft::plugins::KV_PY).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let mut api = follower.api().await;
+    assert_eq!(
+        call(&mut api, "kv", &put("py", "thon")).await.unwrap(),
+        r#"{"previous":null}"#
+    );
+    assert_eq!(
+        call(&mut api, "kv", &put("py", "3")).await.unwrap(),
+        r#"{"previous":"thon"}"#
+    );
+    let value = query(&mut api, "kv", &get("py"), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(value, r#"{"value":"3"}"#);
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+}

@@ -1,0 +1,316 @@
+//! A cluster of real `wasmraft node` processes on loopback, for end-to-end tests.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use wasmraft_node::pb::{self, api_client::ApiClient};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wasmraft");
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl NodeProc {
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} is already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "wasmraft=info,openraft=warn,warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning wasmraft node");
+        self.child = Some(child);
+    }
+
+    pub async fn api(&self) -> ApiClient<Channel> {
+        let addr = self.addr.clone();
+        let channel = eventually(
+            &format!("node {} to accept connections", self.id),
+            Duration::from_secs(30),
+            || {
+                let addr = addr.clone();
+                async move { tonic::transport::Endpoint::from_shared(addr).ok()?.connect().await.ok() }
+            },
+        )
+        .await;
+        ApiClient::new(channel).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn status(&self) -> Option<pb::ClusterStatusResponse> {
+        status_at(&self.addr).await
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    /// Top-level lines added to every node's config.
+    pub extra_config: String,
+}
+
+impl Cluster {
+    /// Writes configs for `n` voters and starts their processes (not initialized).
+    pub fn spawn(n: u64) -> Cluster {
+        Self::spawn_with(n, "")
+    }
+
+    /// Like [`Cluster::spawn`], with top-level config lines for every node.
+    pub fn spawn_with(n: u64, extra_config: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster {
+            dir,
+            nodes: Vec::new(),
+            extra_config: extra_config.to_string(),
+        };
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: BTreeMap<u64, String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, format!("http://127.0.0.1:{p}")))
+            .collect();
+        for (i, port) in ports.iter().enumerate() {
+            cluster.add_node(i as u64 + 1, *port, &peers);
+        }
+        cluster
+    }
+
+    /// Adds (and starts) a node process with its own config.
+    pub fn add_node(&mut self, id: u64, port: u16, peers: &BTreeMap<u64, String>) -> usize {
+        let config = self.dir.path().join(format!("node-{id}.toml"));
+        let mut text = format!(
+            "id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"node-{id}\"\n{}\n\n[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\n[peers]\n",
+            self.extra_config
+        );
+        for (peer, addr) in peers {
+            if *peer != id {
+                text += &format!("\"{peer}\" = \"{addr}\"\n");
+            }
+        }
+        std::fs::write(&config, text).unwrap();
+        let mut node = NodeProc {
+            id,
+            addr: format!("http://127.0.0.1:{port}"),
+            config,
+            child: None,
+            log: self.dir.path().join(format!("node-{id}.log")),
+        };
+        node.start();
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Adds a node that is in no membership yet (for learner tests).
+    pub fn add_spare_node(&mut self, id: u64) -> usize {
+        self.add_node(id, free_port(), &BTreeMap::new())
+    }
+
+    /// Spawns `n` nodes, initializes them as one cluster and deploys the bundled kv as `kv`.
+    pub async fn start_with_kv(n: u64) -> Cluster {
+        let cluster = Cluster::started(n, "").await;
+        cluster.deploy("kv", wasmraft::plugins::KV).await;
+        cluster
+    }
+
+    /// Spawns `n` nodes (with `extra_config`) and initializes them as one cluster.
+    pub async fn started(n: u64, extra_config: &str) -> Cluster {
+        let cluster = Cluster::spawn_with(n, extra_config);
+        let mut api = cluster.nodes[0].api().await;
+        api.init(pb::InitRequest::default()).await.expect("cluster init");
+        cluster.leader().await;
+        cluster
+    }
+
+    pub async fn deploy(&self, name: &str, path: &str) -> u64 {
+        let out = self.cli(&["deploy", name, path]).await;
+        assert!(
+            out.status.success(),
+            "deploy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let index = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("activated   at log index "))
+            .unwrap_or_else(|| panic!("no activation index in {text}"));
+        index.trim().parse().unwrap()
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("no such node")
+    }
+
+    /// The leader's id, as a running node reports it (waits for one).
+    pub async fn leader(&self) -> u64 {
+        let nodes: Vec<(String, bool)> = self.nodes.iter().map(|n| (n.addr.clone(), n.child.is_some())).collect();
+        eventually("a leader", Duration::from_secs(30), || {
+            let nodes = nodes.clone();
+            async move {
+                for (addr, running) in nodes {
+                    if !running {
+                        continue;
+                    }
+                    if let Some(s) = status_at(&addr).await
+                        && s.state == "leader"
+                    {
+                        return Some(s.id);
+                    }
+                }
+                None
+            }
+        })
+        .await
+    }
+
+    /// Runs the CLI against the first running node.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        let endpoint = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .map(|n| n.addr.clone())
+            .expect("no running node");
+        cli_at(&endpoint, args).await
+    }
+
+    /// Waits until every running node has applied at least `index`, then returns their
+    /// (id, digest index, digest) once all digests are taken at the same index.
+    pub async fn converged(&self) -> Vec<(u64, u64, String)> {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.addr.clone())
+            .collect();
+        eventually("every node to apply the same log", Duration::from_secs(30), || {
+            let addrs = addrs.clone();
+            async move {
+                let mut seen = Vec::new();
+                for addr in addrs {
+                    let s = status_at(&addr).await?;
+                    seen.push((s.id, s.digest_index, s.state_digest, s.last_log_index));
+                }
+                let first = seen.first()?.clone();
+                let same = seen
+                    .iter()
+                    .all(|(_, index, _, last)| *index == first.1 && *last == first.3 && Some(*index) == *last);
+                same.then(|| seen.into_iter().map(|(id, i, d, _)| (id, i, d)).collect())
+            }
+        })
+        .await
+    }
+
+    pub fn log_of(&self, id: u64) -> String {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        std::fs::read_to_string(&node.log).unwrap_or_default()
+    }
+}
+
+/// A node's own view of the cluster, if it answers.
+pub async fn status_at(addr: &str) -> Option<pb::ClusterStatusResponse> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let resp = ApiClient::new(channel)
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .ok()?;
+    Some(resp.into_inner())
+}
+
+/// Runs the `wasmraft` CLI with `--endpoint`.
+pub async fn cli_at(endpoint: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).env("WASMRAFT_ENDPOINT", endpoint);
+    cmd.output().await.expect("running wasmraft")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+pub async fn call(api: &mut ApiClient<Channel>, plugin: &str, payload: &str) -> Result<String, tonic::Status> {
+    let resp = api
+        .call(pb::CallRequest {
+            plugin: plugin.into(),
+            payload: payload.as_bytes().to_vec(),
+        })
+        .await?;
+    Ok(String::from_utf8_lossy(&resp.into_inner().result).into_owned())
+}
+
+pub async fn query(
+    api: &mut ApiClient<Channel>,
+    plugin: &str,
+    request: &str,
+    consistency: pb::Consistency,
+) -> Result<String, tonic::Status> {
+    let resp = api
+        .query(pb::QueryRequest {
+            plugin: plugin.into(),
+            request: request.as_bytes().to_vec(),
+            consistency: consistency as i32,
+        })
+        .await?;
+    Ok(String::from_utf8_lossy(&resp.into_inner().result).into_owned())
+}
