@@ -129,7 +129,7 @@ async fn an_unknown_plugin_and_a_malformed_payload_get_clear_errors_and_change_n
     let cluster = Cluster::start_with_kv(3).await;
     let mut api = cluster.nodes[0].api().await;
     call(&mut api, "kv", &put("a", "1")).await.unwrap();
-    let scan = r#"{"op":"scan"}"#;
+    let scan = r#"{"op":"scan","start":""}"#;
     let before = query(&mut api, "kv", scan, Consistency::Linearizable).await.unwrap();
 
     let err = call(&mut api, "nope", &put("a", "2")).await.unwrap_err();

@@ -90,6 +90,14 @@ impl NodeProc {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
+
 impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill();
@@ -252,6 +260,18 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// Every node's log, for a failing test's output.
+    pub fn dump_logs(&self) {
+        for node in &self.nodes {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- node {} log (last {} lines) ----", node.id, tail.len());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 
     pub fn log_of(&self, id: u64) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError, StreamAppendResult,
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -334,6 +334,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let resp = resp.map_err(|s| StreamingError::from(status_to_rpc(s)))?.into_inner();
         let vote = vote_from_pb(resp.vote.as_ref()).map_err(|e| StreamingError::from(malformed(e)))?;
         Ok(SnapshotResponse::new(vote))
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // An unreachable peer is retried at 50 ms, doubling to at most 1 s.
+        let delays = (0..).map(|i: u32| Duration::from_millis(50u64.saturating_mul(1 << i.min(5)).min(1000)));
+        Some(Backoff::new(delays))
     }
 
     async fn transfer_leader(

@@ -26,6 +26,9 @@ use crate::types::{NodeId, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
+/// How long a request waits for an election in progress before it fails with "no leader yet".
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -196,6 +199,19 @@ impl Node {
 }
 
 impl NodeInner {
+    /// The leader, waiting up to `timeout` for one to be known (an election in progress).
+    pub async fn leader_within(&self, timeout: Duration) -> Result<(NodeId, String), Status> {
+        if let Some(leader) = self.leader() {
+            return Ok(leader);
+        }
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
+        self.leader().ok_or_else(no_leader)
+    }
+
     /// The current leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow_watched().clone();
@@ -207,10 +223,10 @@ impl NodeInner {
     /// Proposes a command through Raft: here if this node leads, else on the leader. Returns the
     /// entry's log index and its replicated result.
     pub async fn propose(&self, mut command: pb::Command) -> Result<(u64, pb::CommandResult), Status> {
-        if self.raft.is_leader() {
+        let (leader, addr) = self.leader_within(LEADER_WAIT).await?;
+        if leader == self.id {
             return self.propose_local(command).await;
         }
-        let (_, addr) = self.leader().ok_or_else(no_leader)?;
         command.timestamp_ms = 0;
         let channel = self
             .network
@@ -260,7 +276,8 @@ impl NodeInner {
             pb::Consistency::Linearizable => ReadPolicy::ReadIndex,
             pb::Consistency::Lease => ReadPolicy::LeaseRead,
         };
-        if self.raft.is_leader() {
+        let (leader, addr) = self.leader_within(LEADER_WAIT).await?;
+        if leader == self.id {
             return match self.raft.ensure_linearizable(policy).await {
                 Ok(_) => Ok(()),
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Err(no_leader()),
@@ -302,8 +319,8 @@ impl NodeInner {
     }
 
     /// An API client to the leader, to forward an admin request it must serve.
-    pub fn leader_api(&self) -> Result<ApiClient<tonic::transport::Channel>, Status> {
-        let (_, addr) = self.leader().ok_or_else(no_leader)?;
+    pub async fn leader_api(&self) -> Result<ApiClient<tonic::transport::Channel>, Status> {
+        let (_, addr) = self.leader_within(LEADER_WAIT).await?;
         let channel = self
             .network
             .channel(&addr)

@@ -467,7 +467,7 @@ impl pb::api_server::Api for ApiService {
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         if !self.0.raft.is_leader() {
-            return self.0.leader_api()?.add_learner(req.into_inner()).await;
+            return self.0.leader_api().await?.add_learner(req.into_inner()).await;
         }
         let req = req.into_inner();
         let node = openraft::BasicNode { addr: req.addr };
@@ -487,7 +487,7 @@ impl pb::api_server::Api for ApiService {
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         if !self.0.raft.is_leader() {
-            return self.0.leader_api()?.change_membership(req.into_inner()).await;
+            return self.0.leader_api().await?.change_membership(req.into_inner()).await;
         }
         let req = req.into_inner();
         let voters: BTreeSet<u64> = req.voters.into_iter().collect();
@@ -510,7 +510,7 @@ impl pb::api_server::Api for ApiService {
         req: Request<pb::TransferLeaderToRequest>,
     ) -> Result<Response<pb::TransferLeaderToResponse>, Status> {
         if !self.0.raft.is_leader() {
-            return self.0.leader_api()?.transfer_leader(req.into_inner()).await;
+            return self.0.leader_api().await?.transfer_leader(req.into_inner()).await;
         }
         self.0
             .raft

@@ -347,9 +347,15 @@ impl StateMachine {
             // The last entry this step covers (a call takes the following calls to its plugin).
             let mut last = log_id;
             let results: Vec<(u64, pb::CommandResult, Option<_>)> = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(log_id), m);
+                EntryPayload::Blank | EntryPayload::Membership(_) => {
+                    if let EntryPayload::Membership(m) = entry.payload {
+                        self.membership = StoredMembership::new(Some(log_id), m);
+                    }
+                    // Not a command: no result in the digest, but whoever proposed it (a
+                    // membership change) is waiting for the reply.
+                    if let Some(responder) = responder {
+                        replies.push((responder, ack()));
+                    }
                     Vec::new()
                 }
                 EntryPayload::Normal(command) => {
