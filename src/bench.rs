@@ -111,7 +111,7 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
                     let payload = format!(r#"{{"op":"put","key":"k{key}","value":"{value}"}}"#).into_bytes();
                     let req = pb::CallRequest {
                         plugin: plugin.clone(),
-                        payload: payload.into(),
+                        payload,
                     };
                     api.call(req).await.is_ok()
                 };

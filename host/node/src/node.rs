@@ -284,7 +284,6 @@ impl NodeInner {
                 Err(e) => Err(Status::unavailable(e.to_string())),
             };
         }
-        let (_, addr) = self.leader().ok_or_else(no_leader)?;
         let channel = self
             .network
             .channel(&addr)
