@@ -194,12 +194,18 @@ pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, 
 }
 
 pub async fn node(path: &Path) -> anyhow::Result<ExitCode> {
-    let (config, peers) = read_node_file(path)?;
+    let (mut config, peers) = read_node_file(path)?;
     let id = config.id;
+    if !peers.is_empty() {
+        // `cluster init` without members: these peers and this node.
+        let own = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen));
+        config.initial_members = peers;
+        config.initial_members.insert(id, own);
+    }
     let node = Node::start(config).await?;
-    let mut members = peers;
-    members.insert(id, node.addr().to_string());
-    node.inner.set_initial_members(members);
     println!("node {id} serving on {}", node.addr());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -89,6 +89,7 @@ async fn a_restarted_node_catches_up_on_what_it_missed() {
     }
     cluster.node(victim).start();
     let digests = cluster.converged().await;
+    eprintln!("{digests:?}");
     assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
     let mut api = cluster.node(victim).api().await;
     let value = query(&mut api, "kv", &get("missed29"), Consistency::Local)
@@ -111,11 +112,13 @@ async fn a_learner_added_and_promoted_serves_reads() {
     let out = cli_at(&endpoint, &["cluster", "change-membership", "1", "2", "3", "4"]).await;
     assert!(out.status.success(), "change-membership: {}", stderr(&out));
 
-    let status = cluster.nodes[i].status().await.unwrap();
-    assert!(
-        status.nodes.iter().any(|n| n.id == 4 && n.voter),
-        "node 4 is not a voter: {status:?}"
-    );
+    // The new voter may still be catching up: a joint quorum does not wait for it.
+    let learner = &cluster.nodes[i];
+    eventually("node 4 to see itself a voter", Duration::from_secs(10), || async {
+        let status = learner.status().await?;
+        status.nodes.iter().any(|n| n.id == 4 && n.voter).then_some(())
+    })
+    .await;
     let mut api = cluster.nodes[i].api().await;
     let value = query(&mut api, "kv", &get("before-learner"), Consistency::Linearizable)
         .await

@@ -63,7 +63,10 @@ impl NodeProc {
         let child = Command::new(BIN)
             .args(["node", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "wasmraft=info,openraft=warn,warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WASMRAFT_TEST_LOG").unwrap_or_else(|_| "wasmraft=info,openraft=warn,warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -266,7 +269,7 @@ impl Cluster {
     pub fn dump_logs(&self) {
         for node in &self.nodes {
             let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
             eprintln!("---- node {} log (last {} lines) ----", node.id, tail.len());
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");

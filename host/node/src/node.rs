@@ -45,6 +45,8 @@ pub struct NodeConfig {
     /// Where compiled components are cached; default `data_dir/compiled`. Nodes on one machine
     /// may share one (entries are written atomically, named by sha256 and engine).
     pub compile_cache_dir: Option<PathBuf>,
+    /// The voters (id -> address) an `Init` naming none uses; empty: this node alone.
+    pub initial_members: BTreeMap<NodeId, String>,
 }
 
 impl NodeConfig {
@@ -59,6 +61,7 @@ impl NodeConfig {
             election_timeout_max_ms: 1000,
             limits: Limits::default(),
             compile_cache_dir: None,
+            initial_members: BTreeMap::new(),
         }
     }
 }
@@ -73,7 +76,7 @@ pub struct NodeInner {
     pub faults: Faults,
     pub snapshot_dir: PathBuf,
     /// The voters `cluster init` uses when it names none (from the node's config file).
-    initial_members: std::sync::Mutex<BTreeMap<NodeId, String>>,
+    initial_members: BTreeMap<NodeId, String>,
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -137,7 +140,7 @@ impl Node {
             network,
             faults,
             snapshot_dir,
-            initial_members: Default::default(),
+            initial_members: config.initial_members.clone(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -327,16 +330,11 @@ impl NodeInner {
         Ok(ApiClient::new(channel))
     }
 
-    /// Sets the voters an `Init` without members uses.
-    pub fn set_initial_members(&self, members: BTreeMap<NodeId, String>) {
-        *self.initial_members.lock().unwrap_or_else(|p| p.into_inner()) = members;
-    }
-
     /// Initializes a pristine cluster with `members` (id -> address); none: the configured peers
     /// and this node.
     pub async fn initialize(&self, mut members: BTreeMap<NodeId, String>) -> Result<(), Status> {
         if members.is_empty() {
-            members = self.initial_members.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            members = self.initial_members.clone();
         }
         let members: BTreeMap<NodeId, BasicNode> = if members.is_empty() {
             BTreeMap::from([(
