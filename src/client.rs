@@ -26,6 +26,7 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<ApiClient<Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
         .with_context(|| format!("bad endpoint {endpoint:?}"))?
         .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
         .connect()
         .await
         .with_context(|| format!("cannot reach a wasmraft node at {endpoint} (is `wasmraft dev` running?)"))?;
