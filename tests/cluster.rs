@@ -236,3 +236,19 @@ async fn the_python_kv_plugin_deployed_to_three_nodes_serves_writes_and_reads() 
     let digests = cluster.converged().await;
     assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leadership_can_be_handed_to_another_voter() {
+    let cluster = Cluster::start_with_kv(3).await;
+    let old = cluster.leader().await;
+    let to = cluster.nodes.iter().find(|n| n.id != old).unwrap().id;
+    let out = cluster.cli(&["cluster", "transfer-leader", &to.to_string()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually("the new leader", Duration::from_secs(10), || async {
+        let status = cluster.nodes[0].status().await?;
+        (status.leader_id == Some(to) && status.state != "candidate").then_some(())
+    })
+    .await;
+    let mut api = cluster.nodes[0].api().await;
+    call(&mut api, "kv", &put("after-transfer", "1")).await.unwrap();
+}

@@ -35,6 +35,8 @@ pub struct LinkFault {
     pub drop: bool,
     /// Hold every RPC this long before sending it.
     pub delay: Duration,
+    /// Send every unary RPC (vote, append) twice; the second answer counts.
+    pub duplicate: bool,
 }
 
 /// The fault layer between this node and its peers. Empty (no faults) unless a test sets one.
@@ -174,6 +176,11 @@ fn stream_result_from_pb(resp: pb::AppendResponse) -> Result<StreamAppendResult<
 }
 
 impl PeerConnection {
+    /// Whether the fault layer sends this RPC twice.
+    fn duplicated(&self) -> bool {
+        self.faults.get(self.target).duplicate
+    }
+
     /// The client for one RPC, after the fault layer had its say.
     async fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
         let fault = self.faults.get(self.target);
@@ -208,6 +215,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut client = self.client().await?;
+        if self.duplicated() {
+            let _ = client.append(request(append_request_to_pb(&rpc), &option)).await;
+        }
         let resp = client
             .append(request(append_request_to_pb(&rpc), &option))
             .await
@@ -261,6 +271,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut client = self.client().await?;
+        if self.duplicated() {
+            let _ = client.vote(request(vote_request_to_pb(&rpc), &option)).await;
+        }
         let resp = client
             .vote(request(vote_request_to_pb(&rpc), &option))
             .await

@@ -180,6 +180,25 @@ impl Node {
         &self.inner.raft
     }
 
+    /// The leader this node knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn current_term(&self) -> u64 {
+        self.inner.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Commits an empty entry (this node must lead): proves it can reach a quorum.
+    pub async fn commit_blank(&self) -> Result<u64, String> {
+        self.inner
+            .raft
+            .write_blank()
+            .await
+            .map(|r| r.log_id.index)
+            .map_err(|e| e.to_string())
+    }
+
     pub fn faults(&self) -> &Faults {
         &self.inner.faults
     }
@@ -194,8 +213,13 @@ impl Node {
             .shutdown()
             .await
             .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
-        if let Some(server) = self.server.take() {
-            server.await??;
+        if let Some(mut server) = self.server.take() {
+            // Graceful shutdown waits for open streams, and peers keep theirs open (replication):
+            // give them a moment, then close the rest.
+            match tokio::time::timeout(Duration::from_secs(1), &mut server).await {
+                Ok(result) => result??,
+                Err(_) => server.abort(),
+            }
         }
         Ok(())
     }
