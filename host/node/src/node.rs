@@ -277,9 +277,12 @@ impl NodeInner {
         if let Some(pb::command::Kind::Call(call)) = &command.kind
             && self.shared.plugin(&call.plugin).is_none()
         {
-            // Fail fast, without a log entry: the leader has applied every activation it
-            // acknowledged.
-            return Err(Status::not_found(format!("unknown plugin {:?}", call.plugin)));
+            // Fail fast, without a log entry. A new leader may not have applied everything
+            // committed before its term yet: catch up to a read index first, then decide.
+            let _ = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await;
+            if self.shared.plugin(&call.plugin).is_none() {
+                return Err(Status::not_found(format!("unknown plugin {:?}", call.plugin)));
+            }
         }
         command.timestamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
