@@ -247,7 +247,7 @@ impl Cluster {
             .filter(|n| n.child.is_some())
             .map(|n| n.addr.clone())
             .collect();
-        eventually("every node to apply the same log", Duration::from_secs(30), || {
+        eventually("every node to apply the same log", Duration::from_secs(60), || {
             let addrs = addrs.clone();
             async move {
                 let mut seen = Vec::new();
