@@ -143,7 +143,14 @@ impl Node {
             initial_members: config.initial_members.clone(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Our own listener (to learn the port before serving), so the builder's TCP_NODELAY does
+        // not reach it: set it on each connection, or small replies wait out delayed ACKs (40 ms).
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+            if let Ok(conn) = &conn {
+                let _ = conn.set_nodelay(true);
+            }
+            conn
+        });
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
