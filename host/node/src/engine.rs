@@ -65,7 +65,8 @@ impl NativeKv for Reads {
     }
 }
 
-/// A built-in's snapshot: (u32 key length, key, u32 value length, value) records.
+/// Pairs read per scan while a built-in streams its snapshot. A built-in's snapshot is its pairs
+/// as (u32 key length, key, u32 value length, value) records, a chunk per scan.
 const SNAPSHOT_SCAN: usize = 1024;
 
 impl Engine {
