@@ -144,3 +144,84 @@ impl KvBackend for ReadBackend {
         Err(BackendError("the query backend is read-only".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
+        list.iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_in_an_apply_call_see_its_earlier_writes_merged_over_rocksdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = store.batch();
+        for key in ["a", "b", "c", "d"] {
+            batch.put_data("kv", key.as_bytes(), b"stored");
+        }
+        store.write(batch).unwrap();
+        let pending = Arc::new(Mutex::new(Pending::new(&store, [0; 32])));
+        let mut backend = ApplyBackend {
+            store: store.clone(),
+            space: "kv".into(),
+            pending: pending.clone(),
+        };
+        let writes: WriteSet = [
+            (b"b".to_vec(), None),
+            (b"bb".to_vec(), Some(b"new".to_vec())),
+            (b"e".to_vec(), Some(b"new".to_vec())),
+        ]
+        .into_iter()
+        .collect();
+        backend.commit(writes).unwrap();
+
+        assert_eq!(backend.get(b"b").unwrap(), None);
+        assert_eq!(backend.get(b"bb").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(backend.get(b"c").unwrap(), Some(b"stored".to_vec()));
+        // The deleted key must not eat into the limit.
+        assert_eq!(
+            backend.scan(b"", None, 3).unwrap(),
+            pairs(&[("a", "stored"), ("bb", "new"), ("c", "stored")])
+        );
+        assert_eq!(
+            backend.scan(b"b", Some(b"e"), 10).unwrap(),
+            pairs(&[("bb", "new"), ("c", "stored"), ("d", "stored")])
+        );
+        // Nothing reached RocksDB yet; the batch lands it.
+        assert_eq!(store.data_get("kv", b"e").unwrap(), None);
+        let batch = pending.lock().unwrap().take_batch(&store);
+        store.write(batch).unwrap();
+        assert_eq!(store.data_get("kv", b"b").unwrap(), None);
+        assert_eq!(store.data_get("kv", b"e").unwrap(), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn the_writes_digest_chains_every_write_set_in_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest_after = |sets: &[&[(&str, &str)]]| {
+            let pending = Arc::new(Mutex::new(Pending::new(&store, [0; 32])));
+            let mut backend = ApplyBackend {
+                store: store.clone(),
+                space: "kv".into(),
+                pending: pending.clone(),
+            };
+            for set in sets {
+                let writes: WriteSet = set
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
+                    .collect();
+                backend.commit(writes).unwrap();
+            }
+            pending.lock().unwrap().writes_digest
+        };
+        let one = digest_after(&[&[("a", "1")], &[("b", "2")]]);
+        assert_eq!(one, digest_after(&[&[("a", "1")], &[("b", "2")]]));
+        assert_ne!(one, digest_after(&[&[("a", "1")], &[("b", "3")]]));
+        assert_ne!(one, digest_after(&[&[("b", "2")], &[("a", "1")]]));
+    }
+}
