@@ -89,7 +89,6 @@ async fn a_restarted_node_catches_up_on_what_it_missed() {
     }
     cluster.node(victim).start();
     let digests = cluster.converged().await;
-    eprintln!("{digests:?}");
     assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
     let mut api = cluster.node(victim).api().await;
     let value = query(&mut api, "kv", &get("missed29"), Consistency::Local)

@@ -276,11 +276,6 @@ impl Cluster {
             }
         }
     }
-
-    pub fn log_of(&self, id: u64) -> String {
-        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
-        std::fs::read_to_string(&node.log).unwrap_or_default()
-    }
 }
 
 /// A node's own view of the cluster, if it answers.

@@ -256,12 +256,11 @@ impl NodeInner {
 
     /// Proposes a command through Raft: here if this node leads, else on the leader. Returns the
     /// entry's log index and its replicated result.
-    pub async fn propose(&self, mut command: pb::Command) -> Result<(u64, pb::CommandResult), Status> {
+    pub async fn propose(&self, command: pb::Command) -> Result<(u64, pb::CommandResult), Status> {
         let (leader, addr) = self.leader_within(LEADER_WAIT).await?;
         if leader == self.id {
             return self.propose_local(command).await;
         }
-        command.timestamp_ms = 0;
         let channel = self
             .network
             .channel(&addr)

@@ -164,6 +164,12 @@ impl Shared {
         plugin.query(request)
     }
 
+    /// Makes `plugin` the active one under its name.
+    fn insert_plugin(&self, plugin: Arc<ActivePlugin>) {
+        let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
+        plugins.insert(plugin.info.name.clone(), plugin);
+    }
+
     fn set_plugins(&self, plugins: BTreeMap<String, Arc<ActivePlugin>>) {
         *self.plugins.write().unwrap_or_else(|p| p.into_inner()) = plugins;
     }
@@ -316,14 +322,20 @@ impl StateMachine {
         if registry_changed {
             batch.put_meta(REGISTRY, &self.registry().encode_to_vec());
         }
-        let hex = state_digest_hex(&self.results_digest, &pending.writes_digest);
+        let writes_digest = pending.writes_digest;
         drop(pending);
         {
             let _writing = self.shared.flush_lock.write().unwrap_or_else(|p| p.into_inner());
             store.write(batch).map_err(io_err)?;
         }
-        *lock(&self.shared.digest) = (self.applied.map_or(0, |a| a.index), hex);
+        self.publish_digest(&writes_digest);
         Ok(())
+    }
+
+    /// Shows the digest of what is now stored, with its applied index, to `cluster status`.
+    fn publish_digest(&self, writes_digest: &[u8; 32]) {
+        let hex = state_digest_hex(&self.results_digest, writes_digest);
+        *lock(&self.shared.digest) = (self.applied.map_or(0, |a| a.index), hex);
     }
 
     fn fold_result(&mut self, index: u64, result: &pb::CommandResult) {
@@ -575,14 +587,7 @@ impl StateMachine {
         if let Err(e) = init {
             return Ok(rejected(format!("activate {}: init failed: {e}", activate.name)));
         }
-        let mut plugins: BTreeMap<String, Arc<ActivePlugin>> = self
-            .shared
-            .plugins()
-            .into_iter()
-            .map(|p| (p.info.name.clone(), p))
-            .collect();
-        plugins.insert(activate.name.clone(), Arc::new(plugin));
-        self.shared.set_plugins(plugins);
+        self.shared.insert_plugin(Arc::new(plugin));
         info!(plugin = %activate.name, sha256 = %activate.sha256, index, "plugin activated");
         Ok(pb::CommandResult {
             kind: Some(command_result::Kind::Activated(pb::Activated {
@@ -649,7 +654,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // The plugins were replaced in the same write; load the new registry's components.
         self.load_registry()?;
-        self.flush(true)?;
+        let writes_digest = lock(&self.pending).writes_digest;
+        self.publish_digest(&writes_digest);
         snapshot::keep_as_current(&self.snapshot_dir, &snapshot)?;
         info!(last_log_id = ?self.applied, "snapshot installed");
         Ok(())
