@@ -10,7 +10,10 @@ use wasmraft_node::pb;
 use crate::client;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Any node of the cluster.
     #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = client::DEFAULT_ENDPOINT)]
     endpoint: String,
@@ -39,6 +42,13 @@ pub struct BenchArgs {
     /// `native-kv`), and print the WASM/native ratio.
     #[arg(long)]
     compare_native: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Build N GiB of kv state on a one-node cluster (in this process), then time the snapshot's
+    /// build, transfer to a new learner and install, next to raw disk write and zstd speed.
+    Snapshot(crate::snapshot_bench::SnapshotBenchArgs),
 }
 
 /// What one run measured.
@@ -152,7 +162,10 @@ fn print_row(label: &str, o: &Outcome) {
     );
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchCommand::Snapshot(snapshot)) = args.command.take() {
+        return crate::snapshot_bench::run(snapshot).await;
+    }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         anyhow::bail!("--read-ratio must be between 0 and 1");
     }

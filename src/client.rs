@@ -237,6 +237,28 @@ pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
     if s.joint {
         println!("membership  changing (joint consensus)");
     }
+    if let Some(snap) = &s.snapshot {
+        let last = snap.last_log_id.as_ref().map_or("none".to_string(), |id| {
+            format!("at index {} (term {})", id.index, id.term)
+        });
+        println!(
+            "snapshot    {last}, {}, log purged to {}",
+            mb(snap.file_bytes),
+            opt(snap.purged_index)
+        );
+        println!(
+            "  built {}, sent {}, installed {}, resumed {} ({}), rejected: {} corrupted, {} truncated, {} stale, {} unknown format",
+            snap.built,
+            snap.sent,
+            snap.installed,
+            snap.resumed,
+            mb(snap.resumed_bytes),
+            snap.rejected_corrupted,
+            snap.rejected_truncated,
+            snap.rejected_stale,
+            snap.rejected_format
+        );
+    }
     for n in s.nodes {
         println!(
             "  node {:<4} {:<28} {:<8} matched {}",
@@ -245,6 +267,43 @@ pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
             if n.voter { "voter" } else { "learner" },
             opt(n.matched_index)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Bytes per second as MB/s.
+pub fn mb_per_sec(bytes: u64, micros: u64) -> f64 {
+    if micros == 0 {
+        return 0.0;
+    }
+    bytes as f64 / micros as f64
+}
+
+pub async fn snapshot(endpoint: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let s = match client.snapshot(pb::SnapshotRequest {}).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => return Ok(report(&status)),
+    };
+    let at = s
+        .last_log_id
+        .as_ref()
+        .map_or("-".to_string(), |id| format!("index {} (term {})", id.index, id.term));
+    println!("snapshot at {at}: {}", s.path);
+    println!(
+        "  {} of state in a {} file, built in {:.2} s ({:.1} MB/s)",
+        mb(s.raw_bytes),
+        mb(s.file_bytes),
+        s.micros as f64 / 1e6,
+        mb_per_sec(s.raw_bytes, s.micros)
+    );
+    match s.purged_index {
+        Some(index) => println!("  log purged up to index {index}"),
+        None => println!("  log not purged (fewer entries than the kept tail)"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Deserialize;
 use wasmraft_node::pb;
-use wasmraft_node::{Node, NodeConfig};
+use wasmraft_node::{Node, NodeConfig, SnapshotConfig};
 use wasmraft_runtime::Limits;
 
 use crate::client;
@@ -143,6 +143,25 @@ pub struct NodeFile {
     pub raft: RaftSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub snapshot: SnapshotSection,
+}
+
+/// `[snapshot]`: when to snapshot, what to keep, how to send (defaults: [`SnapshotConfig`]).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSection {
+    /// Entries applied since the last snapshot that trigger a new one; 0: on demand only.
+    pub logs_since_last: Option<u64>,
+    /// Log entries kept below a snapshot for slow followers.
+    pub keep_logs: Option<u64>,
+    /// Snapshot files kept.
+    pub keep_files: Option<usize>,
+    /// Bytes per transfer message.
+    pub chunk_bytes: Option<usize>,
+    /// Send at most this many bytes per second; 0: no cap.
+    pub max_send_bytes_per_sec: Option<u64>,
+    pub zstd_level: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -185,6 +204,25 @@ pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, 
         max_component_bytes: file.limits.max_component_bytes.unwrap_or(defaults.max_component_bytes),
         ..defaults
     };
+    let defaults = SnapshotConfig::default();
+    let snap = file.snapshot;
+    config.snapshot = SnapshotConfig {
+        logs_since_last: snap.logs_since_last.unwrap_or(defaults.logs_since_last),
+        keep_logs: snap.keep_logs.unwrap_or(defaults.keep_logs),
+        keep_files: snap.keep_files.unwrap_or(defaults.keep_files),
+        chunk_bytes: snap.chunk_bytes.unwrap_or(defaults.chunk_bytes),
+        max_send_bytes_per_sec: snap.max_send_bytes_per_sec.unwrap_or(defaults.max_send_bytes_per_sec),
+        zstd_level: snap.zstd_level.unwrap_or(defaults.zstd_level),
+    };
+    if config.snapshot.keep_files == 0 || config.snapshot.chunk_bytes == 0 {
+        anyhow::bail!(
+            "{}: [snapshot] keep_files and chunk_bytes must be at least 1",
+            path.display()
+        );
+    }
+    if !(1..=22).contains(&config.snapshot.zstd_level) {
+        anyhow::bail!("{}: [snapshot] zstd_level is 1 to 22", path.display());
+    }
     let mut peers = BTreeMap::new();
     for (id, addr) in file.peers {
         let id: u64 = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;

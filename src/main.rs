@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod dev;
+mod snapshot_bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,6 +108,12 @@ enum Command {
         endpoint: EndpointArg,
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Build a snapshot on the node at --endpoint now, and purge its log up to it (less the
+    /// configured tail).
+    Snapshot {
+        #[command(flatten)]
+        endpoint: EndpointArg,
     },
     /// Load a running cluster and report throughput and latency.
     Bench(bench::BenchArgs),
@@ -251,6 +258,7 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
                 ClusterCommand::TransferLeader { to } => client::transfer_leader(ep, to).await,
             }
         }
+        Command::Snapshot { endpoint } => client::snapshot(&endpoint.endpoint).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Plugin { command } => plugin_command(command),
     }

@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", proto.display());
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-    config.bytes([".wasmraft.v1.PluginCall.payload", ".wasmraft.v1.BlobChunk.data"]);
+    config.bytes([
+        ".wasmraft.v1.PluginCall.payload",
+        ".wasmraft.v1.BlobChunk.data",
+        ".wasmraft.v1.SnapshotData.data",
+    ]);
     tonic_prost_build::configure().compile_with_config(config, &[proto], &[proto_dir])?;
     Ok(())
 }

@@ -54,6 +54,11 @@ impl NodeProc {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the process with extra environment variables (e.g. `WASMRAFT_FAILPOINT`).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -67,6 +72,7 @@ impl NodeProc {
                 "RUST_LOG",
                 std::env::var("WASMRAFT_TEST_LOG").unwrap_or_else(|_| "wasmraft=info,openraft=warn,warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -90,6 +96,32 @@ impl NodeProc {
 
     pub async fn status(&self) -> Option<pb::ClusterStatusResponse> {
         status_at(&self.addr).await
+    }
+
+    /// The node's snapshot counters and positions (waits for it to answer).
+    pub async fn snapshot_status(&self) -> pb::SnapshotStatus {
+        let status = eventually(&format!("node {} to answer", self.id), Duration::from_secs(30), || {
+            self.status()
+        })
+        .await;
+        status.snapshot.unwrap_or_default()
+    }
+
+    /// Whether the process has exited (it crashed, or hit a failpoint); reaps it.
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.with_file_name(format!("node-{}", self.id))
     }
 }
 

@@ -3,14 +3,16 @@
 //! The apply path writes through [`ApplyBackend`]: every committed write set goes into one pending
 //! [`SmBatch`] (shared by all plugins) and an overlay that later reads of the same apply call see.
 //! The state machine writes the batch with the applied log id and the digest, so a crash leaves
-//! all of an apply call's entries applied or none. Queries read through [`ReadBackend`].
+//! all of an apply call's entries applied or none. Queries read through [`ReadBackend`], a
+//! snapshot build through [`ViewBackend`] (a point-in-time view), and a snapshot install writes a
+//! fresh space through [`StagingBackend`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use wasmraft_runtime::{BackendError, KvBackend, Pair, WriteSet};
-use wasmraft_store::{SmBatch, Store};
+use wasmraft_store::{SmBatch, Store, StoreError, View};
 
 /// Writes of the current apply call, not yet in RocksDB.
 pub(crate) struct Pending {
@@ -52,6 +54,9 @@ fn backend_err(e: impl std::fmt::Display) -> BackendError {
 /// A plugin's kv space on the apply path.
 pub(crate) struct ApplyBackend {
     pub store: Store,
+    /// The plugin's name: what the writes digest records (the same on every replica).
+    pub name: String,
+    /// Where its pairs live on this node (differs between replicas after a snapshot install).
     pub space: String,
     pub pending: SharedPending,
 }
@@ -98,8 +103,8 @@ impl KvBackend for ApplyBackend {
         let mut pending = lock(&self.pending);
         let mut hasher = Sha256::new();
         hasher.update(pending.writes_digest);
-        hasher.update((self.space.len() as u64).to_be_bytes());
-        hasher.update(self.space.as_bytes());
+        hasher.update((self.name.len() as u64).to_be_bytes());
+        hasher.update(self.name.as_bytes());
         for (key, value) in &writes {
             hasher.update((key.len() as u64).to_be_bytes());
             hasher.update(key);
@@ -145,6 +150,93 @@ impl KvBackend for ReadBackend {
     }
 }
 
+/// A plugin's kv space as a snapshot build sees it: the state at one applied index.
+pub(crate) struct ViewBackend {
+    pub view: Arc<View>,
+    pub space: String,
+}
+
+impl KvBackend for ViewBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.view.data_get(&self.space, key).map_err(backend_err)
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, BackendError> {
+        self.view.data_scan(&self.space, start, end, limit).map_err(backend_err)
+    }
+
+    fn commit(&mut self, _writes: WriteSet) -> Result<(), BackendError> {
+        Err(BackendError("a snapshot view is read-only".into()))
+    }
+}
+
+/// Writes into a fresh space as a snapshot install restores it, a bounded batch at a time (the
+/// space is not live until the install switches to it, so these writes need no atomicity).
+pub(crate) struct Staging {
+    store: Store,
+    space: String,
+    batch: SmBatch,
+}
+
+/// Bytes a staging batch collects before it is written.
+const STAGING_BATCH_BYTES: usize = 8 << 20;
+
+impl Staging {
+    pub fn new(store: Store, space: String) -> Self {
+        let batch = store.batch();
+        Self { store, space, batch }
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, self.store.batch());
+        self.store.write(batch)
+    }
+}
+
+pub(crate) struct StagingBackend(pub Arc<Mutex<Staging>>);
+
+impl StagingBackend {
+    fn staging(&self) -> std::sync::MutexGuard<'_, Staging> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl KvBackend for StagingBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        let mut staging = self.staging();
+        staging.flush().map_err(backend_err)?;
+        staging.store.data_get(&staging.space, key).map_err(backend_err)
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, BackendError> {
+        let mut staging = self.staging();
+        staging.flush().map_err(backend_err)?;
+        staging
+            .store
+            .data_scan(&staging.space, start, end, limit)
+            .map_err(backend_err)
+    }
+
+    fn commit(&mut self, writes: WriteSet) -> Result<(), BackendError> {
+        let mut staging = self.staging();
+        let staging = &mut *staging;
+        for (key, value) in &writes {
+            match value {
+                Some(value) => staging.batch.put_data(&staging.space, key, value),
+                None => staging.batch.delete_data(&staging.space, key),
+            }
+        }
+        if staging.batch.size_in_bytes() >= STAGING_BATCH_BYTES {
+            staging.flush().map_err(backend_err)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +259,7 @@ mod tests {
         let pending = Arc::new(Mutex::new(Pending::new(&store, [0; 32])));
         let mut backend = ApplyBackend {
             store: store.clone(),
+            name: "kv".into(),
             space: "kv".into(),
             pending: pending.clone(),
         };
@@ -203,11 +296,12 @@ mod tests {
     fn the_writes_digest_chains_every_write_set_in_log_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let digest_after = |sets: &[&[(&str, &str)]]| {
+        let digest_in = |space: &str, sets: &[&[(&str, &str)]]| {
             let pending = Arc::new(Mutex::new(Pending::new(&store, [0; 32])));
             let mut backend = ApplyBackend {
                 store: store.clone(),
-                space: "kv".into(),
+                name: "kv".into(),
+                space: space.into(),
                 pending: pending.clone(),
             };
             for set in sets {
@@ -219,7 +313,10 @@ mod tests {
             }
             pending.lock().unwrap().writes_digest
         };
+        let digest_after = |sets: &[&[(&str, &str)]]| digest_in("kv", sets);
         let one = digest_after(&[&[("a", "1")], &[("b", "2")]]);
+        // Where a replica keeps the pairs (a restored space) is not part of the digest.
+        assert_eq!(one, digest_in("kv.120", &[&[("a", "1")], &[("b", "2")]]));
         assert_eq!(one, digest_after(&[&[("a", "1")], &[("b", "2")]]));
         assert_ne!(one, digest_after(&[&[("a", "1")], &[("b", "3")]]));
         assert_ne!(one, digest_after(&[&[("b", "2")], &[("a", "1")]]));

@@ -27,6 +27,7 @@ pub mod pb {
 pub use engine::BUILTINS;
 pub use log_store::LogStore;
 pub use network::{Faults, LinkFault};
-pub use node::{Node, NodeConfig, Raft};
+pub use node::{Node, NodeConfig, Raft, SnapshotConfig};
 pub use service::DEPLOY_CHUNK_BYTES;
+pub use snapshot::SnapshotSettings;
 pub use state_machine::StateMachine;

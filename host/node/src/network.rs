@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
@@ -15,18 +16,25 @@ use openraft::raft::{
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, ErrorSubject, ErrorVerb, StorageError};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
+use tracing::info;
 
+use crate::node::SnapshotConfig;
 use crate::pb::{self, peer_client::PeerClient};
-use crate::snapshot::SnapshotFile;
+use crate::snapshot::{self, SnapshotFile};
+use crate::state_machine::Shared;
 use crate::types::{
     NodeId, Snapshot, TypeConfig, Vote, entry_to_pb, log_id_from_pb, opt_log_id_from_pb, opt_log_id_to_pb,
     vote_from_pb, vote_to_pb,
 };
 
-/// Snapshot bytes per gRPC message.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshot chunks sent ahead of the receiver's acknowledgements.
+const SNAPSHOT_WINDOW: u64 = 4;
+/// How long a snapshot sender waits for the receiver to acknowledge a chunk.
+const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long it waits for the receiver to verify and install a whole snapshot.
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// What happens to RPCs from this node to one peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,13 +77,17 @@ impl Faults {
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     faults: Faults,
+    snapshot: SnapshotConfig,
+    shared: Arc<Shared>,
 }
 
 impl Network {
-    pub fn new(faults: Faults) -> Self {
+    pub fn new(faults: Faults, snapshot: SnapshotConfig, shared: Arc<Shared>) -> Self {
         Self {
             channels: Arc::default(),
             faults,
+            snapshot,
+            shared,
         }
     }
 
@@ -103,6 +115,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             channel: self.channel(&node.addr).map_err(|e| e.to_string()),
             faults: self.faults.clone(),
+            snapshot: self.snapshot.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -112,6 +126,8 @@ pub struct PeerConnection {
     target: NodeId,
     channel: Result<Channel, String>,
     faults: Faults,
+    snapshot: SnapshotConfig,
+    shared: Arc<Shared>,
 }
 
 fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
@@ -175,7 +191,116 @@ fn stream_result_from_pb(resp: pb::AppendResponse) -> Result<StreamAppendResult<
     }
 }
 
+fn snapshot_io(e: std::io::Error) -> StreamingError<TypeConfig> {
+    StreamingError::StorageError(StorageError::from_io_error(
+        ErrorSubject::Snapshot(None),
+        ErrorVerb::Read,
+        e,
+    ))
+}
+
+fn snapshot_peer(message: String) -> StreamingError<TypeConfig> {
+    StreamingError::from(RPCError::Network(NetworkError::from_string(message)))
+}
+
+fn closed() -> StreamingError<TypeConfig> {
+    snapshot_peer("the receiver closed the snapshot stream".into())
+}
+
+/// The receiver's next acknowledgement, within `wait`.
+async fn next_ack(
+    acks: &mut tonic::Streaming<pb::SnapshotAck>,
+    wait: Duration,
+) -> Result<pb::SnapshotAck, StreamingError<TypeConfig>> {
+    match tokio::time::timeout(wait, acks.message()).await {
+        Err(_) => Err(snapshot_peer(format!("no snapshot acknowledgement in {wait:?}"))),
+        Ok(Err(status)) => Err(StreamingError::from(status_to_rpc(status))),
+        Ok(Ok(None)) => Err(closed()),
+        Ok(Ok(Some(ack))) => Ok(ack),
+    }
+}
+
 impl PeerConnection {
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot<SnapshotFile>,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().await?;
+        let file = snapshot.snapshot;
+        let (size, sha256) = snapshot::identity(&file.path).map_err(snapshot_io)?;
+        let chunk_bytes = self.snapshot.chunk_bytes.max(1) as u64;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(SNAPSHOT_WINDOW as usize);
+        let start = pb::SnapshotChunk {
+            part: Some(pb::snapshot_chunk::Part::Start(pb::SnapshotStart {
+                vote: Some(vote_to_pb(&vote)),
+                size,
+                sha256: sha256.to_vec(),
+                last_log_id: snapshot.meta.last_log_id.as_ref().map(crate::types::log_id_to_pb),
+            })),
+        };
+        tx.send(start).await.map_err(|_| closed())?;
+        let mut acks = client
+            .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| StreamingError::from(status_to_rpc(s)))?
+            .into_inner();
+        let first = next_ack(&mut acks, SNAPSHOT_ACK_TIMEOUT).await?;
+        if first.installed {
+            // The receiver has this state already (or newer): nothing to send.
+            let vote = vote_from_pb(first.vote.as_ref()).map_err(|e| StreamingError::from(malformed(e)))?;
+            return Ok(SnapshotResponse::new(vote));
+        }
+        let mut offset = first.offset;
+        if offset > size {
+            return Err(snapshot_peer(format!(
+                "the receiver asked for offset {offset} of {size}"
+            )));
+        }
+        if offset > 0 {
+            info!(target = self.target, offset, size, "resuming a snapshot transfer");
+        }
+        let mut reader = tokio::fs::File::open(&file.path).await.map_err(snapshot_io)?;
+        reader
+            .seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(snapshot_io)?;
+        let started = Instant::now();
+        let first_offset = offset;
+        let rate = self.snapshot.max_send_bytes_per_sec;
+        let mut acked = offset;
+        while offset < size {
+            let len = chunk_bytes.min(size - offset) as usize;
+            let mut data = vec![0; len];
+            reader.read_exact(&mut data).await.map_err(snapshot_io)?;
+            let chunk = pb::SnapshotChunk {
+                part: Some(pb::snapshot_chunk::Part::Data(pb::SnapshotData {
+                    offset,
+                    crc32: crc32fast::hash(&data),
+                    data: data.into(),
+                })),
+            };
+            tx.send(chunk).await.map_err(|_| closed())?;
+            offset += len as u64;
+            while offset - acked > SNAPSHOT_WINDOW * chunk_bytes {
+                acked = next_ack(&mut acks, SNAPSHOT_ACK_TIMEOUT).await?.offset;
+            }
+            if rate > 0 {
+                let due = Duration::from_secs_f64((offset - first_offset) as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        loop {
+            let ack = next_ack(&mut acks, SNAPSHOT_INSTALL_TIMEOUT).await?;
+            if ack.installed {
+                let vote = vote_from_pb(ack.vote.as_ref()).map_err(|e| StreamingError::from(malformed(e)))?;
+                return Ok(SnapshotResponse::new(vote));
+            }
+        }
+    }
+
     /// Whether the fault layer sends this RPC twice.
     fn duplicated(&self) -> bool {
         self.faults.get(self.target).duplicate
@@ -294,6 +419,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         vote_response_from_pb(resp.into_inner())
     }
 
+    /// Streams the snapshot file from where the receiver's copy ends (a broken transfer
+    /// resumes), in checksummed chunks, at most [`SNAPSHOT_WINDOW`] ahead of its
+    /// acknowledgements, then waits for it to verify and install the file.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -301,52 +429,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let mut client = self.client().await?;
-        let file = snapshot.snapshot;
-        let storage_err = |e: std::io::Error| {
-            StreamingError::StorageError(StorageError::from_io_error(
-                ErrorSubject::Snapshot(None),
-                ErrorVerb::Read,
-                e,
-            ))
-        };
-        let mut reader = tokio::fs::File::open(&file.path).await.map_err(storage_err)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
-        let start = pb::SnapshotChunk {
-            part: Some(pb::snapshot_chunk::Part::Start(pb::SnapshotStart {
-                vote: Some(vote_to_pb(&vote)),
-                size: file.size,
-            })),
-        };
-        // Feed the file into the stream; the bounded channel is the backpressure.
-        let feeder = async move {
-            if tx.send(start).await.is_err() {
-                return Ok(());
-            }
-            loop {
-                let mut buf = vec![0; SNAPSHOT_CHUNK_BYTES];
-                let n = reader.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.truncate(n);
-                let chunk = pb::SnapshotChunk {
-                    part: Some(pb::snapshot_chunk::Part::Data(buf)),
-                };
-                if tx.send(chunk).await.is_err() {
-                    return Ok(());
-                }
-            }
-        };
-        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let (fed, resp): (std::io::Result<()>, _) = tokio::select! {
-            both = async { tokio::join!(feeder, call) } => both,
+        let send = self.send_snapshot(vote, snapshot);
+        let resp = tokio::select! {
+            resp = send => resp?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        fed.map_err(storage_err)?;
-        let resp = resp.map_err(|s| StreamingError::from(status_to_rpc(s)))?.into_inner();
-        let vote = vote_from_pb(resp.vote.as_ref()).map_err(|e| StreamingError::from(malformed(e)))?;
-        Ok(SnapshotResponse::new(vote))
+        self.shared.snapshot_stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(resp)
     }
 
     fn backoff(&self) -> Option<Backoff> {

@@ -21,6 +21,7 @@ use crate::log_store::LogStore;
 use crate::network::{Faults, Network};
 use crate::pb::{self, api_client::ApiClient, peer_client::PeerClient};
 use crate::service::{ApiService, PeerService};
+use crate::snapshot::SnapshotSettings;
 use crate::state_machine::{Shared, StateMachine};
 use crate::types::{NodeId, TypeConfig};
 
@@ -28,6 +29,8 @@ pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// How long a request waits for an election in progress before it fails with "no leader yet".
 const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long `wasmraft snapshot` waits for the build.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(3600);
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -47,6 +50,38 @@ pub struct NodeConfig {
     pub compile_cache_dir: Option<PathBuf>,
     /// The voters (id -> address) an `Init` naming none uses; empty: this node alone.
     pub initial_members: BTreeMap<NodeId, String>,
+    pub snapshot: SnapshotConfig,
+}
+
+/// When a node snapshots, what it keeps, and how it sends snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Build a snapshot once this many entries were applied since the last one; 0: only on
+    /// demand (`wasmraft snapshot`).
+    pub logs_since_last: u64,
+    /// Log entries kept below a snapshot for followers that are a little behind (they get
+    /// entries, not the snapshot).
+    pub keep_logs: u64,
+    /// Snapshot files kept (the newest).
+    pub keep_files: usize,
+    /// Bytes per message of a snapshot transfer.
+    pub chunk_bytes: usize,
+    /// Cap on the bytes per second this node sends a snapshot at; 0: none.
+    pub max_send_bytes_per_sec: u64,
+    pub zstd_level: i32,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            logs_since_last: 10_000,
+            keep_logs: 1_000,
+            keep_files: 2,
+            chunk_bytes: 1 << 20,
+            max_send_bytes_per_sec: 0,
+            zstd_level: 1,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -62,6 +97,7 @@ impl NodeConfig {
             limits: Limits::default(),
             compile_cache_dir: None,
             initial_members: BTreeMap::new(),
+            snapshot: SnapshotConfig::default(),
         }
     }
 }
@@ -74,7 +110,9 @@ pub struct NodeInner {
     pub shared: Arc<Shared>,
     pub network: Network,
     pub faults: Faults,
-    pub snapshot_dir: PathBuf,
+    pub snapshot: SnapshotConfig,
+    /// Held while a snapshot is being received: one transfer at a time.
+    pub(crate) receiving: Arc<tokio::sync::Mutex<()>>,
     /// The voters `cluster init` uses when it names none (from the node's config file).
     initial_members: BTreeMap<NodeId, String>,
 }
@@ -104,9 +142,12 @@ impl Node {
                     .unwrap_or_else(|| config.data_dir.join("compiled")),
             ),
         })?;
-        let snapshot_dir = config.data_dir.join("snapshots");
-        let state_machine =
-            crate::state_machine::blocking(|| StateMachine::open(store.clone(), runtime, snapshot_dir.clone()))?;
+        let settings = SnapshotSettings {
+            dir: config.data_dir.join("snapshots"),
+            keep: config.snapshot.keep_files.max(1),
+            zstd_level: config.snapshot.zstd_level,
+        };
+        let state_machine = crate::state_machine::blocking(|| StateMachine::open(store.clone(), runtime, settings))?;
         let shared = state_machine.shared();
         let listener = TcpListener::bind(config.listen).await?;
         let local = listener.local_addr()?;
@@ -117,13 +158,18 @@ impl Node {
             election_timeout_min: config.election_timeout_min_ms,
             election_timeout_max: config.election_timeout_max_ms,
             enable_pre_vote: Some(true),
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            snapshot_policy: match config.snapshot.logs_since_last {
+                0 => openraft::SnapshotPolicy::Never,
+                n => openraft::SnapshotPolicy::LogsSinceLast(n),
+            },
+            max_in_snapshot_log_to_keep: config.snapshot.keep_logs,
+            snapshot_max_chunk_size: config.snapshot.chunk_bytes.max(1) as u64,
             max_payload_entries: 1024,
             ..Default::default()
         }
         .validate()?;
         let faults = Faults::default();
-        let network = Network::new(faults.clone());
+        let network = Network::new(faults.clone(), config.snapshot.clone(), shared.clone());
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
@@ -139,7 +185,8 @@ impl Node {
             shared,
             network,
             faults,
-            snapshot_dir,
+            snapshot: config.snapshot.clone(),
+            receiving: Arc::default(),
             initial_members: config.initial_members.clone(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -429,6 +476,68 @@ impl NodeInner {
             state_digest,
             digest_index,
             joint: membership.get_joint_config().len() > 1,
+            snapshot: Some(self.snapshot_status()),
         }
+    }
+
+    fn snapshot_status(&self) -> pb::SnapshotStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let file_bytes = crate::snapshot::current(&self.shared.snapshot_settings.dir)
+            .ok()
+            .flatten()
+            .map_or(0, |f| f.size);
+        pb::SnapshotStatus {
+            last_log_id: m.snapshot.as_ref().map(crate::types::log_id_to_pb),
+            file_bytes,
+            purged_index: m.purged.map(|l| l.index),
+            ..self.shared.snapshot_stats.to_pb()
+        }
+    }
+
+    /// Builds a snapshot of everything this node has applied (unless one covers it already),
+    /// waits for it and for the log purge it allows, and describes it.
+    pub async fn snapshot_now(&self) -> Result<pb::SnapshotResponse, Status> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .ok_or_else(|| Status::failed_precondition("nothing applied yet: nothing to snapshot"))?;
+        let covered = |m: &openraft::RaftMetrics<TypeConfig>| m.snapshot.is_some_and(|s| s.index >= applied.index);
+        if !covered(&self.raft.metrics().borrow_watched()) {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            self.raft
+                .wait(Some(SNAPSHOT_WAIT))
+                .metrics(covered, "a snapshot of the applied state")
+                .await
+                .map_err(|e| Status::deadline_exceeded(format!("building the snapshot: {e}")))?;
+        }
+        let snapshot = self.raft.metrics().borrow_watched().snapshot;
+        // openraft purges after the build, keeping `keep_logs` entries (and whatever replication
+        // to a follower still reads): give it a moment to land.
+        if let Some(upto) = snapshot.and_then(|s| s.index.checked_sub(self.snapshot.keep_logs)) {
+            let _ = self
+                .raft
+                .wait(Some(Duration::from_secs(2)))
+                .metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "the log purge")
+                .await;
+        }
+        let status = self.snapshot_status();
+        let file = crate::snapshot::current(&self.shared.snapshot_settings.dir)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::internal("the snapshot file is missing"))?;
+        let build = self.shared.snapshot_stats.last(crate::snapshot::Phase::Build);
+        Ok(pb::SnapshotResponse {
+            last_log_id: status.last_log_id,
+            path: file.path.display().to_string(),
+            file_bytes: file.size,
+            raw_bytes: build.raw_bytes,
+            micros: build.micros,
+            purged_index: status.purged_index,
+        })
     }
 }

@@ -5,18 +5,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::RaftError;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, TransferLeaderRequest, VoteRequest, VoteResponse,
 };
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
 use crate::node::NodeInner;
 use crate::pb::{self, command, command_result};
-use crate::snapshot::{self, SnapshotFile};
+use crate::snapshot;
 use crate::types::{
     Malformed, Snapshot, TypeConfig, entry_from_pb, opt_log_id_from_pb, opt_log_id_to_pb, vote_from_pb, vote_to_pb,
 };
@@ -149,10 +149,15 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::TransferLeaderResponse { refused }))
     }
 
+    type InstallSnapshotStream = BoxStream<pb::SnapshotAck>;
+
+    /// Receives a snapshot: resumes a broken transfer of the same file, checks every chunk's
+    /// CRC, then the whole file (sha256, format, staleness) before openraft installs it. A
+    /// rejected file is logged, counted and deleted; the node stays on its state.
     async fn install_snapshot(
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
-    ) -> Result<Response<pb::SnapshotInstallResponse>, Status> {
+    ) -> Result<Response<Self::InstallSnapshotStream>, Status> {
         let mut input = req.into_inner();
         let Some(pb::SnapshotChunk {
             part: Some(pb::snapshot_chunk::Part::Start(start)),
@@ -161,44 +166,169 @@ impl pb::peer_server::Peer for PeerService {
             return Err(Status::invalid_argument("a snapshot stream starts with `start`"));
         };
         let vote = vote_from_pb(start.vote.as_ref()).map_err(bad)?;
-        let dir = self.0.snapshot_dir.join("incoming");
-        tokio::fs::create_dir_all(&dir).await?;
-        let path = dir.join(format!("from-term-{}.part", vote.leader_id.term));
-        let mut file = tokio::fs::File::create(&path).await?;
-        let mut received = 0u64;
-        while let Some(chunk) = input.message().await? {
-            let Some(pb::snapshot_chunk::Part::Data(data)) = chunk.part else {
-                return Err(Status::invalid_argument("a snapshot stream has one `start`"));
-            };
-            received += data.len() as u64;
-            if received > start.size {
-                return Err(Status::invalid_argument("snapshot longer than announced"));
-            }
-            file.write_all(&data).await?;
-        }
-        if received != start.size {
-            return Err(Status::invalid_argument(format!(
-                "snapshot truncated: {received} of {} bytes",
-                start.size
-            )));
-        }
-        file.sync_all().await?;
-        drop(file);
-        let header = snapshot::read_header(&path).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let meta = snapshot::meta_of(&header).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let snapshot = Snapshot {
-            meta,
-            snapshot: SnapshotFile { path, size: received },
+        let sha256: [u8; 32] = start
+            .sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("a snapshot's sha256 is 32 bytes"))?;
+        let last_log_id = start
+            .last_log_id
+            .as_ref()
+            .map(crate::types::log_id_from_pb)
+            .ok_or_else(|| Status::invalid_argument("a snapshot without a last log id"))?;
+        let node = self.0.clone();
+        let receiving = node
+            .receiving
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| Status::unavailable("this node is already receiving a snapshot"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SnapshotAck, Status>>(16);
+        let stats = &node.shared.snapshot_stats;
+        // Stale at the door: nothing to transfer. Answer "installed" so the leader moves on (this
+        // node's log matches up to what it applied).
+        let (applied, current_vote) = {
+            let metrics = node.raft.metrics().borrow_watched().clone();
+            (metrics.last_applied, metrics.vote)
         };
-        let resp = self
-            .0
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::SnapshotInstallResponse {
-            vote: Some(vote_to_pb(&resp.vote)),
-        }))
+        if let Some(applied) = applied
+            && last_log_id <= applied
+        {
+            let rejection =
+                snapshot::Rejection::Stale(format!("it ends at {last_log_id}, this node has applied {applied}"));
+            stats.reject(&rejection);
+            warn!(from_term = vote.leader_id.term, "rejected a {rejection}");
+            let ack = pb::SnapshotAck {
+                offset: start.size,
+                installed: true,
+                vote: Some(vote_to_pb(&current_vote)),
+            };
+            let _ = tx.send(Ok(ack)).await;
+            return Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))));
+        }
+        let dir = node.shared.snapshot_settings.dir.join("incoming");
+        let mut incoming = crate::state_machine::blocking(|| snapshot::Incoming::open(&dir, &sha256, start.size))?;
+        let resumed = incoming.offset();
+        if resumed > 0 {
+            stats.resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .resumed_bytes
+                .fetch_add(resumed, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                offset = resumed,
+                size = start.size,
+                "resuming a snapshot transfer where the last one broke"
+            );
+        }
+        let _ = tx
+            .send(Ok(pb::SnapshotAck {
+                offset: resumed,
+                ..Default::default()
+            }))
+            .await;
+        tokio::spawn(async move {
+            let _receiving = receiving;
+            let started = std::time::Instant::now();
+            // Receive until the file is whole; a broken stream keeps what arrived for a resume.
+            while incoming.offset() < incoming.size() {
+                let data = match input.message().await {
+                    Ok(Some(pb::SnapshotChunk {
+                        part: Some(pb::snapshot_chunk::Part::Data(data)),
+                    })) => data,
+                    Ok(Some(_)) => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument("a snapshot stream has one `start`")))
+                            .await;
+                        return;
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::info!(
+                            received = incoming.offset(),
+                            size = incoming.size(),
+                            "snapshot transfer broke off; kept what arrived for a resume"
+                        );
+                        return;
+                    }
+                };
+                if crc32fast::hash(&data.data) != data.crc32 {
+                    let _ = tx
+                        .send(Err(Status::data_loss(format!(
+                            "snapshot chunk at {} failed its CRC check",
+                            data.offset
+                        ))))
+                        .await;
+                    return;
+                }
+                if let Err(e) = crate::state_machine::blocking(|| incoming.write(data.offset, &data.data)) {
+                    let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                    return;
+                }
+                let ack = pb::SnapshotAck {
+                    offset: incoming.offset(),
+                    ..Default::default()
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    return;
+                }
+            }
+            let received = incoming.size() - resumed;
+            let path = incoming.path().to_path_buf();
+            let checked = crate::state_machine::blocking(|| snapshot::check(&path));
+            let header = checked.and_then(|header| {
+                // A snapshot cannot end in a term beyond the vote of the leader sending it.
+                let term = header.last_log_id.as_ref().map_or(0, |id| id.term);
+                if term > vote.leader_id.term {
+                    return Err(snapshot::Rejection::Corrupted(format!(
+                        "it ends in term {term}, after its sender's term {}",
+                        vote.leader_id.term
+                    )));
+                }
+                if header.last_log_id.as_ref().map(crate::types::log_id_from_pb) != Some(last_log_id) {
+                    return Err(snapshot::Rejection::Corrupted(
+                        "its header does not match the announced last log id".into(),
+                    ));
+                }
+                Ok(header)
+            });
+            let header = match header {
+                Ok(header) => header,
+                Err(rejection) => {
+                    node.shared.snapshot_stats.reject(&rejection);
+                    warn!(from_term = vote.leader_id.term, "rejected a {rejection}");
+                    incoming.discard();
+                    let _ = tx.send(Err(Status::data_loss(format!("rejected: {rejection}")))).await;
+                    return;
+                }
+            };
+            node.shared.snapshot_stats.record(
+                snapshot::Phase::Transfer,
+                snapshot::phase_stats(received, received, started),
+            );
+            let meta = match snapshot::meta_of(&header) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    incoming.discard();
+                    let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                    return;
+                }
+            };
+            let mut file = incoming.complete();
+            file.verified = true;
+            let path = file.path.clone();
+            let snapshot = Snapshot { meta, snapshot: file };
+            let result = node.raft.install_full_snapshot(vote, snapshot).await;
+            // Installed files moved into the snapshot directory; one openraft declined did not.
+            snapshot::forget(&path);
+            let reply = match result {
+                Ok(resp) => Ok(pb::SnapshotAck {
+                    offset: received + resumed,
+                    installed: true,
+                    vote: Some(vote_to_pb(&resp.vote)),
+                }),
+                Err(e) => Err(Status::internal(e.to_string())),
+            };
+            let _ = tx.send(reply).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn forward(&self, req: Request<pb::ForwardRequest>) -> Result<Response<pb::CommandResult>, Status> {
@@ -503,6 +633,10 @@ impl pb::api_server::Api for ApiService {
         Ok(Response::new(pb::MembershipResponse {
             index: resp.log_id.index,
         }))
+    }
+
+    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+        Ok(Response::new(self.0.snapshot_now().await?))
     }
 
     async fn transfer_leader(

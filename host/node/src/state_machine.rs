@@ -2,10 +2,11 @@
 //! entries upload components and activate them; everything lands in RocksDB with the applied log
 //! id in one write per apply call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
 use openraft::EntryPayload;
@@ -14,14 +15,14 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
-use wasmraft_runtime::{Entry as PluginEntry, InitContext, PluginError, Runtime, RuntimeError};
+use wasmraft_runtime::{Entry as PluginEntry, InitContext, KvBackend, PluginCode, PluginError, Runtime, RuntimeError};
 use wasmraft_store::Store;
 
-use crate::backend::{ApplyBackend, Pending, ReadBackend, SharedPending};
+use crate::backend::{ApplyBackend, Pending, ReadBackend, SharedPending, ViewBackend};
 use crate::engine::{BUILTIN_PREFIX, Engine, NativeKvPlugin, builtin_name};
 use crate::log_store::io_err;
 use crate::pb::{self, command, command_result};
-use crate::snapshot::{self, SnapshotFile};
+use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, SnapshotStats};
 use crate::types::{
     LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, decode, log_id_from_pb, log_id_to_pb,
     stored_membership_from_pb, stored_membership_to_pb,
@@ -37,89 +38,104 @@ pub(crate) fn component_key(sha256: &str) -> String {
     format!("component/{sha256}")
 }
 
+/// Where pieces of uploads in progress live in the blobs family.
+pub(crate) const UPLOADS: &str = "upload/";
+
 fn upload_prefix(sha256: &str) -> String {
-    format!("upload/{sha256}/")
+    format!("{UPLOADS}{sha256}/")
 }
 
 /// A plugin active under a name: its code, one instance for the apply path, one for queries.
 pub struct ActivePlugin {
     pub info: pb::RegisteredPlugin,
+    /// The compiled component, for more instances (snapshots); `None` for a built-in.
+    code: Option<PluginCode>,
     apply: Mutex<Engine>,
     query: Mutex<Engine>,
 }
+
+/// Makes a fresh backend for an instance.
+type BackendFactory = Box<dyn Fn() -> Box<dyn KvBackend> + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ActivePlugin {
-    /// Makes the plugin `info` names: a component (`bytes`), or a built-in (`builtin:NAME`).
+    /// Makes the plugin `info` names: a component (`bytes`), or a built-in (`builtin:NAME`), on
+    /// the key space `info.space` (the name when empty).
     pub(crate) fn new(
         shared: &Shared,
         pending: &SharedPending,
-        info: pb::RegisteredPlugin,
+        mut info: pb::RegisteredPlugin,
         bytes: &[u8],
     ) -> Result<Self, String> {
+        if info.space.is_empty() {
+            info.space = info.name.clone();
+        }
+        let code = if info.sha256.starts_with(BUILTIN_PREFIX) {
+            if builtin_name(&info.sha256).is_none() {
+                return Err(format!("this node has no built-in {:?}", info.sha256));
+            }
+            None
+        } else {
+            Some(shared.runtime.load(bytes).map_err(|e| e.to_string())?)
+        };
         let apply_backend = {
-            let (store, space, pending) = (shared.store.clone(), info.name.clone(), pending.clone());
-            move || -> Box<dyn wasmraft_runtime::KvBackend> {
+            let (store, name, space, pending) = (
+                shared.store.clone(),
+                info.name.clone(),
+                info.space.clone(),
+                pending.clone(),
+            );
+            move || -> Box<dyn KvBackend> {
                 Box::new(ApplyBackend {
                     store: store.clone(),
+                    name: name.clone(),
                     space: space.clone(),
                     pending: pending.clone(),
                 })
             }
         };
         let read_backend = {
-            let (store, space) = (shared.store.clone(), info.name.clone());
-            move || -> Box<dyn wasmraft_runtime::KvBackend> {
+            let (store, space) = (shared.store.clone(), info.space.clone());
+            move || -> Box<dyn KvBackend> {
                 Box::new(ReadBackend {
                     store: store.clone(),
                     space: space.clone(),
                 })
             }
         };
-        let (apply, query) = if info.sha256.starts_with(BUILTIN_PREFIX) {
-            if builtin_name(&info.sha256).is_none() {
-                return Err(format!("this node has no built-in {:?}", info.sha256));
-            }
-            (
-                Engine::Native(NativeKvPlugin::new(Box::new(apply_backend))),
-                Engine::Native(NativeKvPlugin::new(Box::new(read_backend))),
-            )
-        } else {
-            let code = shared.runtime.load(bytes).map_err(|e| e.to_string())?;
-            (
-                Engine::Wasm(Box::new(code.instantiate(&info.name, apply_backend()))),
-                Engine::Wasm(Box::new(code.instantiate(&info.name, read_backend()))),
-            )
-        };
+        let apply = engine(code.as_ref(), &info.name, Box::new(apply_backend));
+        let query = engine(code.as_ref(), &info.name, Box::new(read_backend));
         Ok(Self {
             info,
+            code,
             apply: Mutex::new(apply),
             query: Mutex::new(query),
         })
+    }
+
+    /// The key space holding this plugin's pairs on this node.
+    pub fn space(&self) -> &str {
+        &self.info.space
+    }
+
+    /// Another instance of this plugin version, on its own backend (for snapshots).
+    pub(crate) fn instance(&self, backend: impl Fn() -> Box<dyn KvBackend> + Send + Sync + 'static) -> Engine {
+        engine(self.code.as_ref(), &self.info.name, Box::new(backend))
     }
 
     /// Runs a read-only query against what this node has applied.
     pub fn query(&self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         lock(&self.query).query(request)
     }
+}
 
-    /// Streams this plugin's snapshot (on the apply instance: the caller holds the state still).
-    pub(crate) fn snapshot(
-        &self,
-        max_chunk: u32,
-        sink: impl FnMut(Vec<u8>) -> Result<(), RuntimeError>,
-    ) -> Result<Result<(), PluginError>, RuntimeError> {
-        lock(&self.apply).snapshot(max_chunk, sink)
-    }
-
-    pub(crate) fn restore(
-        &self,
-        chunks: impl IntoIterator<Item = Vec<u8>>,
-    ) -> Result<Result<(), PluginError>, RuntimeError> {
-        lock(&self.apply).restore(chunks)
+fn engine(code: Option<&PluginCode>, name: &str, backend: BackendFactory) -> Engine {
+    match code {
+        Some(code) => Engine::Wasm(Box::new(code.instantiate(name, backend()))),
+        None => Engine::Native(NativeKvPlugin::new(backend)),
     }
 }
 
@@ -133,6 +149,8 @@ pub struct Shared {
     pub(crate) flush_lock: RwLock<()>,
     /// (applied index, state digest) as of the last write.
     digest: Mutex<(u64, String)>,
+    pub snapshot_settings: SnapshotSettings,
+    pub snapshot_stats: SnapshotStats,
 }
 
 impl Shared {
@@ -190,7 +208,6 @@ pub struct StateMachine {
     membership: StoredMembership,
     /// Chain over every command entry's (index, result).
     results_digest: [u8; 32],
-    snapshot_dir: PathBuf,
 }
 
 /// Runs synchronous work (plugin calls, RocksDB writes) from the async state machine, telling a
@@ -221,8 +238,9 @@ fn is_sha256_hex(s: &str) -> bool {
 impl StateMachine {
     /// Opens the state machine on `store`: reads what was applied and re-creates the active
     /// plugins from their stored components.
-    pub fn open(store: Store, runtime: Runtime, snapshot_dir: PathBuf) -> io::Result<Self> {
-        std::fs::create_dir_all(&snapshot_dir)?;
+    pub fn open(store: Store, runtime: Runtime, snapshot_settings: SnapshotSettings) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_settings.dir)?;
+        snapshot::clean(&snapshot_settings.dir)?;
         let applied = match store.sm_meta_get(APPLIED).map_err(io_err)? {
             Some(bytes) => Some(log_id_from_pb(
                 &decode::<pb::LogId>(&bytes, "applied log id").map_err(io_err)?,
@@ -254,6 +272,8 @@ impl StateMachine {
                 applied.map_or(0, |a| a.index),
                 state_digest_hex(&results_digest, &writes_digest),
             )),
+            snapshot_settings,
+            snapshot_stats: SnapshotStats::default(),
         });
         let sm = Self {
             shared,
@@ -261,10 +281,27 @@ impl StateMachine {
             applied,
             membership,
             results_digest,
-            snapshot_dir,
         };
         sm.load_registry()?;
+        sm.drop_unused_spaces()?;
         Ok(sm)
+    }
+
+    /// Deletes key spaces no active plugin uses: what a crash in the middle of a snapshot
+    /// install left (the install had not switched to them).
+    fn drop_unused_spaces(&self) -> io::Result<()> {
+        let used: BTreeSet<String> = self.shared.plugins().iter().map(|p| p.space().to_string()).collect();
+        let mut batch = self.shared.store.batch();
+        for space in self.shared.store.spaces().map_err(io_err)? {
+            if !used.contains(&space) {
+                warn!(%space, "deleting a key space no plugin uses (left by an interrupted snapshot install)");
+                batch.clear_space(&space);
+            }
+        }
+        if !batch.is_empty() {
+            self.shared.store.write(batch).map_err(io_err)?;
+        }
+        Ok(())
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -565,13 +602,16 @@ impl StateMachine {
                 }
             }
         };
-        let previous = self.shared.plugin(&activate.name).map(|p| p.info.sha256.clone());
+        let live = self.shared.plugin(&activate.name);
+        let previous = live.as_ref().map(|p| p.info.sha256.clone());
         let info = pb::RegisteredPlugin {
             name: activate.name.clone(),
             sha256: activate.sha256.clone(),
             size: bytes.len() as u64,
             activated_index: index,
             config: activate.config.clone(),
+            // A new version takes over the data where it lies on this node.
+            space: live.map_or_else(|| activate.name.clone(), |p| p.space().to_string()),
         };
         let plugin = match ActivePlugin::new(&self.shared, &self.pending, info, &bytes) {
             Ok(plugin) => plugin,
@@ -624,45 +664,117 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Build here, on the state machine's task, while nothing is being applied: the plugins'
-        // kv spaces hold still for the whole snapshot.
+        // Between two apply calls (everything applied is written): capture the applied state's
+        // header and a RocksDB view of it. The build reads only the view, so applying goes on.
+        let plugins = self.shared.plugins();
         let header = pb::SnapshotHeader {
             format: snapshot::FORMAT,
             last_log_id: self.applied.as_ref().map(log_id_to_pb),
             membership: Some(stored_membership_to_pb(&self.membership)),
-            registry: Some(self.registry()),
+            registry: Some(pb::Registry {
+                plugins: plugins
+                    .iter()
+                    .map(|p| pb::RegisteredPlugin {
+                        space: String::new(),
+                        ..p.info.clone()
+                    })
+                    .collect(),
+            }),
             digest: {
                 let mut d = self.results_digest.to_vec();
                 d.extend_from_slice(&lock(&self.pending).writes_digest);
                 d
             },
         };
-        let built = blocking(|| snapshot::write(&self.shared, &self.snapshot_dir, &header));
+        let view = Arc::new(self.shared.store.view());
+        let plugins = plugins
+            .iter()
+            .map(|p| {
+                let (view, space) = (view.clone(), p.space().to_string());
+                let engine = p.instance(move || -> Box<dyn KvBackend> {
+                    Box::new(ViewBackend {
+                        view: view.clone(),
+                        space: space.clone(),
+                    })
+                });
+                (p.info.name.clone(), engine)
+            })
+            .collect();
         SnapshotBuilder {
-            built: Some(built.map(|file| (header, file))),
+            job: Mutex::new(Some(BuildJob {
+                header,
+                view,
+                plugins,
+                settings: self.shared.snapshot_settings.clone(),
+            })),
+            shared: self.shared.clone(),
         }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
-        let header = blocking(|| snapshot::install(&self.shared, &self.pending, &snapshot))?;
+        let started = Instant::now();
+        let staged = blocking(|| snapshot::stage(&self.shared, &self.pending, &snapshot))?;
+        snapshot::failpoint("snapshot-install-staged");
+        // The switch: one synced write replaces the live spaces, uploads in progress, applied
+        // log id, membership, registry and digest; queries see the old state or the new one.
+        let store = self.shared.store.clone();
+        let new_spaces: BTreeSet<&str> = staged.plugins.iter().map(|p| p.space()).collect();
+        let mut batch = store.batch();
+        for old in self.shared.plugins() {
+            if !new_spaces.contains(old.space()) {
+                batch.clear_space(old.space());
+            }
+        }
+        batch.delete_blob_prefix(UPLOADS);
+        for (key, value) in &staged.blobs {
+            batch.put_blob(key, value);
+        }
+        if let Some(applied) = &meta.last_log_id {
+            batch.put_meta(APPLIED, &log_id_to_pb(applied).encode_to_vec());
+        }
+        batch.put_meta(
+            MEMBERSHIP,
+            &stored_membership_to_pb(&meta.last_membership).encode_to_vec(),
+        );
+        let registry = pb::Registry {
+            plugins: staged.plugins.iter().map(|p| p.info.clone()).collect(),
+        };
+        batch.put_meta(REGISTRY, &registry.encode_to_vec());
+        let digest = &staged.header.digest;
+        if digest.len() != 64 {
+            return Err(io_err("snapshot without a state digest"));
+        }
+        batch.put_meta(DIGEST, digest);
+        let plugins: BTreeMap<String, Arc<ActivePlugin>> = staged
+            .plugins
+            .into_iter()
+            .map(|p| (p.info.name.clone(), Arc::new(p)))
+            .collect();
+        {
+            let _writing = self.shared.flush_lock.write().unwrap_or_else(|p| p.into_inner());
+            blocking(|| store.write_synced(batch)).map_err(io_err)?;
+            self.shared.set_plugins(plugins);
+        }
+        snapshot::failpoint("snapshot-install-switched");
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        let digest = &header.digest;
-        if digest.len() == 64 {
-            self.results_digest.copy_from_slice(&digest[..32]);
-            lock(&self.pending).writes_digest.copy_from_slice(&digest[32..]);
-        }
-        // The plugins were replaced in the same write; load the new registry's components.
-        self.load_registry()?;
-        let writes_digest = lock(&self.pending).writes_digest;
+        self.results_digest.copy_from_slice(&digest[..32]);
+        let writes_digest: [u8; 32] = digest[32..].try_into().map_err(io_err)?;
+        lock(&self.pending).writes_digest = writes_digest;
         self.publish_digest(&writes_digest);
-        snapshot::keep_as_current(&self.snapshot_dir, &snapshot)?;
-        info!(last_log_id = ?self.applied, "snapshot installed");
+        snapshot::keep_as_current(&self.shared.snapshot_settings, &snapshot)?;
+        let stats = &self.shared.snapshot_stats;
+        stats.installed.fetch_add(1, Ordering::Relaxed);
+        stats.record(
+            Phase::Install,
+            snapshot::phase_stats(staged.raw_bytes, snapshot.size, started),
+        );
+        info!(last_log_id = ?self.applied, secs = started.elapsed().as_secs_f64(), "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
-        let Some(file) = snapshot::current(&self.snapshot_dir)? else {
+        let Some(file) = snapshot::current(&self.shared.snapshot_settings.dir)? else {
             return Ok(None);
         };
         let header = match snapshot::read_header(&file.path) {
@@ -679,22 +791,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// A snapshot built by [`StateMachine::get_snapshot_builder`], handed over to openraft.
+/// A snapshot build, captured by [`StateMachine::get_snapshot_builder`] and run by openraft on a
+/// task of its own.
 pub struct SnapshotBuilder {
-    built: Option<io::Result<(pb::SnapshotHeader, SnapshotFile)>>,
+    /// In a mutex only because openraft wants a `Sync` builder (plugin instances are not).
+    job: Mutex<Option<BuildJob>>,
+    shared: Arc<Shared>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
-        let (header, file) = self
-            .built
-            .take()
-            .unwrap_or_else(|| Err(io_err("snapshot already taken")))?;
-        Ok(Snapshot {
-            meta: snapshot::meta_of(&header)?,
-            snapshot: file,
-        })
+        let job = lock(&self.job).take().ok_or_else(|| io_err("snapshot already built"))?;
+        let header = job.header.clone();
+        let built = tokio::task::spawn_blocking(move || snapshot::build(job))
+            .await
+            .map_err(io_err)?;
+        let stats = &self.shared.snapshot_stats;
+        match built {
+            Ok(built) => {
+                stats.built.fetch_add(1, Ordering::Relaxed);
+                stats.record(Phase::Build, built.stats);
+                Ok(Snapshot {
+                    meta: snapshot::meta_of(&header)?,
+                    snapshot: built.file,
+                })
+            }
+            Err(e) => {
+                // openraft treats a failed build as a storage fault and stops. A plugin whose
+                // snapshot export fails must not take the node down: hand back the newest
+                // snapshot this node has, which openraft ignores as not newer.
+                tracing::error!("snapshot build failed: {e}");
+                let dir = &self.shared.snapshot_settings.dir;
+                let file = snapshot::current(dir)?.ok_or(e)?;
+                let header = snapshot::read_header(&file.path)?;
+                Ok(Snapshot {
+                    meta: snapshot::meta_of(&header)?,
+                    snapshot: file,
+                })
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! | `log` | log index, 8-byte big-endian (so keys sort by index) | an encoded raft entry |
 //! | `raft_meta` | names (`vote`, `committed`, `purged`) | encoded raft state |
 //! | `sm_meta` | names (`applied`, `membership`, `registry`, `digest`) | encoded state-machine state |
-//! | `data` | `space \0 key`: one key space per plugin | the plugin's value |
+//! | `data` | `space \0 key`: one key space per plugin (a snapshot install restores into a fresh one) | the plugin's value |
 //! | `blobs` | names (a component's sha256, upload chunks) | bytes |
 //!
 //! The API is bytes in, bytes out: encodings belong to the node, which owns the Raft types.
@@ -204,28 +204,61 @@ impl Store {
     /// A plugin's pairs with `start <= key < end` (`end` `None`: to the end of the space), at most
     /// `limit`, in key order.
     pub fn data_scan(&self, space: &str, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>> {
-        if end.is_some_and(|end| end <= start) || limit == 0 {
+        let Some((from, read)) = scan_range(space, start, end, limit) else {
             return Ok(Vec::new());
-        }
-        let prefix_len = space.len() + 1;
-        let upper = end.map_or_else(|| space_end(space), |end| space_key(space, end));
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(upper);
-        let from = space_key(space, start);
+        };
         let iter = self
             .db
             .iterator_cf_opt(self.cf(DATA), read, IteratorMode::From(&from, Direction::Forward));
-        let mut pairs = Vec::new();
-        for item in iter.take(limit) {
-            let (key, value) = item?;
-            pairs.push((key[prefix_len..].to_vec(), value.into_vec()));
-        }
-        Ok(pairs)
+        collect_pairs(iter, space.len() + 1, limit)
     }
 
     /// Applies a state-machine batch atomically (not synced: see the crate docs).
     pub fn write(&self, batch: SmBatch) -> Result<()> {
         Ok(self.db.write(batch.batch)?)
+    }
+
+    /// Applies a state-machine batch atomically and makes it, and every write before it, durable
+    /// before returning. For switches that later work relies on (a snapshot install).
+    pub fn write_synced(&self, batch: SmBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch.batch, &opts)?)
+    }
+
+    /// The key spaces that hold at least one pair, in order.
+    pub fn spaces(&self) -> Result<Vec<String>> {
+        let mut spaces = Vec::new();
+        let mut iter = self.db.raw_iterator_cf(self.cf(DATA));
+        iter.seek_to_first();
+        while let Some(key) = iter.key() {
+            let end = key
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or_else(|| StoreError::Corrupt("data key without a space".into()))?;
+            let space = String::from_utf8(key[..end].to_vec())
+                .map_err(|_| StoreError::Corrupt("data key space is not UTF-8".into()))?;
+            iter.seek(space_end(&space));
+            spaces.push(space);
+        }
+        iter.status()?;
+        Ok(spaces)
+    }
+
+    /// A consistent, read-only view of the state machine as of now: later writes are invisible
+    /// to it. Reads through it cost what reads through the store cost.
+    pub fn view(&self) -> View {
+        let db = self.db.clone();
+        let snapshot = db.snapshot();
+        // SAFETY: only the lifetime changes. The snapshot borrows the `DB` inside `db`; `View`
+        // owns that Arc, which keeps the `DB` alive and in place, and drops the snapshot first
+        // (fields drop in declaration order). The `'static` never leaves `View`.
+        let snapshot = unsafe {
+            std::mem::transmute::<rocksdb::SnapshotWithThreadMode<'_, DB>, rocksdb::SnapshotWithThreadMode<'static, DB>>(
+                snapshot,
+            )
+        };
+        View { snapshot, db }
     }
 
     /// A new, empty state-machine batch.
@@ -258,6 +291,72 @@ impl Store {
             out.push((key, value.into_vec()));
         }
         Ok(out)
+    }
+}
+
+/// Where a data scan starts, and its read options (the upper bound); `None` when it is empty.
+fn scan_range(space: &str, start: &[u8], end: Option<&[u8]>, limit: usize) -> Option<(Vec<u8>, ReadOptions)> {
+    if end.is_some_and(|end| end <= start) || limit == 0 {
+        return None;
+    }
+    let upper = end.map_or_else(|| space_end(space), |end| space_key(space, end));
+    let mut read = ReadOptions::default();
+    read.set_iterate_upper_bound(upper);
+    Some((space_key(space, start), read))
+}
+
+type KvItem = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
+
+/// The first `limit` pairs of a data scan, without their space prefix.
+fn collect_pairs(iter: impl Iterator<Item = KvItem>, prefix_len: usize, limit: usize) -> Result<Vec<Pair>> {
+    let mut pairs = Vec::new();
+    for item in iter.take(limit) {
+        let (key, value) = item?;
+        pairs.push((key[prefix_len..].to_vec(), value.into_vec()));
+    }
+    Ok(pairs)
+}
+
+/// A point-in-time view of the store ([`Store::view`]): a RocksDB snapshot. Send it to another
+/// thread to read a consistent state while writes go on.
+pub struct View {
+    snapshot: rocksdb::SnapshotWithThreadMode<'static, DB>,
+    db: Arc<DB>,
+}
+
+impl View {
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column family created by Store::open")
+    }
+
+    pub fn sm_meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.snapshot.get_cf(self.cf(SM_META), key)?)
+    }
+
+    pub fn data_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.snapshot.get_cf(self.cf(DATA), space_key(space, key))?)
+    }
+
+    /// As [`Store::data_scan`], in this view.
+    pub fn data_scan(&self, space: &str, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>> {
+        let Some((from, read)) = scan_range(space, start, end, limit) else {
+            return Ok(Vec::new());
+        };
+        let iter = self
+            .snapshot
+            .iterator_cf_opt(self.cf(DATA), read, IteratorMode::From(&from, Direction::Forward));
+        collect_pairs(iter, space.len() + 1, limit)
+    }
+
+    /// Every blob, in key order, one at a time.
+    pub fn blobs(&self) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + '_ {
+        self.snapshot
+            .iterator_cf(self.cf(BLOBS), IteratorMode::Start)
+            .map(|item| {
+                let (key, value) = item?;
+                let key = String::from_utf8(key.into_vec()).map_err(|_| StoreError::Corrupt("blob key".into()))?;
+                Ok((key, value.into_vec()))
+            })
     }
 }
 
@@ -305,6 +404,28 @@ impl SmBatch {
     pub fn delete_blob(&mut self, key: &str) {
         let cf = self.store.cf(BLOBS);
         self.batch.delete_cf(cf, key);
+    }
+
+    /// Deletes every blob whose key starts with `prefix` (which must not be empty).
+    pub fn delete_blob_prefix(&mut self, prefix: &str) {
+        let cf = self.store.cf(BLOBS);
+        let mut end = prefix.as_bytes().to_vec();
+        // The first key after every key with this prefix: bump the last byte below 0xff.
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                break;
+            }
+        }
+        if end.is_empty() {
+            return;
+        }
+        self.batch.delete_range_cf(cf, prefix.as_bytes(), &end);
+    }
+
+    /// Bytes of the writes in this batch so far.
+    pub fn size_in_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -402,5 +523,73 @@ mod tests {
         for bad in ["", "-kv", "KV", "a/b", "a\0b", &"x".repeat(65)] {
             assert!(check_space(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_view_keeps_reading_the_state_it_was_taken_at() {
+        let (_dir, store) = open();
+        let mut batch = store.batch();
+        batch.put_data("kv", b"a", b"1");
+        batch.put_meta("applied", b"1");
+        batch.put_blob("component/x", b"wasm");
+        store.write(batch).unwrap();
+        let view = store.view();
+        let mut batch = store.batch();
+        batch.put_data("kv", b"a", b"2");
+        batch.put_data("kv", b"b", b"2");
+        batch.put_meta("applied", b"2");
+        batch.delete_blob("component/x");
+        store.write(batch).unwrap();
+        // On another thread, as a snapshot build reads it.
+        let seen = std::thread::spawn(move || {
+            (
+                view.data_get("kv", b"a").unwrap(),
+                view.data_scan("kv", b"", None, 10).unwrap(),
+                view.sm_meta_get("applied").unwrap(),
+                view.blobs().collect::<Result<Vec<_>>>().unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.0.unwrap(), b"1");
+        assert_eq!(seen.1, vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert_eq!(seen.2.unwrap(), b"1");
+        assert_eq!(seen.3, vec![("component/x".to_string(), b"wasm".to_vec())]);
+        assert_eq!(store.data_get("kv", b"a").unwrap().unwrap(), b"2");
+    }
+
+    #[test]
+    fn spaces_lists_each_non_empty_space_once() {
+        let (_dir, store) = open();
+        let mut batch = store.batch();
+        for space in ["kv", "kv.7", "counter"] {
+            for key in [b"a", b"b", b"c"] {
+                batch.put_data(space, key, b"v");
+            }
+        }
+        batch.put_data("empty", b"a", b"v");
+        batch.delete_data("empty", b"a");
+        store.write(batch).unwrap();
+        assert_eq!(store.spaces().unwrap(), vec!["counter", "kv", "kv.7"]);
+    }
+
+    #[test]
+    fn deleting_a_blob_prefix_leaves_other_blobs() {
+        let (_dir, store) = open();
+        let mut batch = store.batch();
+        for key in ["upload/a/0", "upload/a/1", "upload/b/0", "uploads", "component/a"] {
+            batch.put_blob(key, b"x");
+        }
+        store.write(batch).unwrap();
+        let mut batch = store.batch();
+        batch.delete_blob_prefix("upload/");
+        store.write_synced(batch).unwrap();
+        let left: Vec<String> = store
+            .blob_scan_prefix("")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec!["component/a", "uploads"]);
     }
 }
