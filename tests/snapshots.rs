@@ -297,3 +297,28 @@ async fn the_python_and_javascript_kv_plugins_survive_snapshot_purge_and_restart
         assert_serves(&cluster.nodes[at], &written).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_voter_that_was_down_while_the_others_purged_catches_up_from_a_snapshot() {
+    let config = "[snapshot]\nlogs_since_last = 0\nkeep_logs = 0\n";
+    let mut cluster = Cluster::started(3, config).await;
+    cluster.deploy("kv", wasmraft::plugins::KV).await;
+    let leader = cluster.leader().await;
+    let down = cluster.nodes.iter().find(|n| n.id != leader).unwrap().id;
+    cluster.node(down).kill();
+    let up: Vec<u64> = cluster.nodes.iter().filter(|n| n.id != down).map(|n| n.id).collect();
+    let written = fill(cluster.node(leader), 30, 100).await;
+    for id in &up {
+        snapshot_on(cluster.node(*id)).await;
+    }
+    for node in &mut cluster.nodes {
+        node.kill();
+        node.start();
+    }
+    cluster.leader().await;
+    installed(cluster.node(down), Duration::from_secs(60)).await;
+    assert_same_digests(&cluster.converged().await);
+    for node in &cluster.nodes {
+        assert_serves(node, &written).await;
+    }
+}
