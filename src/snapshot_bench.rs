@@ -162,8 +162,8 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
     let status = learner.inner.status().snapshot.unwrap_or_default();
     let transfer = status.last_transfer.unwrap_or_default();
     let install = status.last_install.unwrap_or_default();
-    learner.shutdown().await?;
     leader.shutdown().await?;
+    learner.shutdown().await?;
 
     // Baselines on the same disk and data.
     let disk = disk_write(dir, built.file_bytes.max(256 << 20))?;

@@ -117,6 +117,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             faults: self.faults.clone(),
             snapshot: self.snapshot.clone(),
             shared: self.shared.clone(),
+            stream_failures: 0,
         }
     }
 }
@@ -128,6 +129,14 @@ pub struct PeerConnection {
     faults: Faults,
     snapshot: SnapshotConfig,
     shared: Arc<Shared>,
+    /// Replication streams that failed to open in a row: openraft reopens one at once, so we
+    /// wait [`retry_delay`] first rather than spin on a peer that is down.
+    stream_failures: u32,
+}
+
+/// The wait before the next attempt after `failures` in a row: 50 ms, doubling to at most 1 s.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << failures.saturating_sub(1).min(5)).min(1000))
 }
 
 fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
@@ -374,13 +383,25 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         async move {
-            let mut client = self.client().await?;
-            let requests = input.map(|rpc| append_request_to_pb(&rpc));
-            let responses = client
-                .stream_append(requests)
-                .await
-                .map_err(status_to_rpc)?
-                .into_inner();
+            if self.stream_failures > 0 {
+                tokio::time::sleep(retry_delay(self.stream_failures)).await;
+            }
+            let opened = async {
+                let mut client = self.client().await?;
+                let requests = input.map(|rpc| append_request_to_pb(&rpc));
+                client.stream_append(requests).await.map_err(status_to_rpc)
+            }
+            .await;
+            let responses = match opened {
+                Ok(responses) => {
+                    self.stream_failures = 0;
+                    responses.into_inner()
+                }
+                Err(e) => {
+                    self.stream_failures = self.stream_failures.saturating_add(1);
+                    return Err(e);
+                }
+            };
             let results = responses.map(|item| match item {
                 Ok(resp) => stream_result_from_pb(resp),
                 Err(status) => Err(status_to_rpc(status)),
@@ -440,7 +461,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 
     fn backoff(&self) -> Option<Backoff> {
         // An unreachable peer is retried at 50 ms, doubling to at most 1 s.
-        let delays = (0..).map(|i: u32| Duration::from_millis(50u64.saturating_mul(1 << i.min(5)).min(1000)));
+        let delays = (1..).map(retry_delay);
         Some(Backoff::new(delays))
     }
 
