@@ -134,8 +134,29 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
         mb(keys * args.value_size as u64) / load_secs
     );
 
-    // Build.
-    let built = api.snapshot(pb::SnapshotRequest {}).await?.into_inner();
+    // Build, with a writer going on meanwhile: the build reads a view, so applying continues.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (mut api, stop) = (client::connect(&endpoint).await?, stop.clone());
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let payload = format!(r#"{{"op":"put","key":"during-build","value":"{done}"}}"#);
+                let call = pb::CallRequest {
+                    plugin: "kv".into(),
+                    payload: payload.into_bytes(),
+                };
+                if api.call(call).await.is_ok() {
+                    done += 1;
+                }
+            }
+            done
+        })
+    };
+    let built = api.snapshot(pb::SnapshotRequest {}).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes_during_build = writer.await?;
+    let built = built?.into_inner();
 
     // Transfer and install, to a new learner.
     let learner = Node::start(node_config(2, dir, args.zstd_level)).await?;
@@ -219,6 +240,10 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
         "",
         decompress,
         decompress / disk
+    );
+    println!(
+        "writes applied while the snapshot was built: {writes_during_build} ({:.0}/s, one client)",
+        writes_during_build as f64 / (built.micros as f64 / 1e6).max(f64::MIN_POSITIVE)
     );
     println!(
         "snapshot file {:.1} MB for {:.1} MB of state ({:.2}x)",
