@@ -32,8 +32,20 @@ where
     }
 }
 
+/// A port that is free now, below Linux's ephemeral range (32768 and up): a port the kernel
+/// handed out for `:0` can be taken by an outgoing connection before the node binds it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts at its own place in 20000..32000.
+    let start = std::process::id() % 1200 * 10;
+    loop {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = 20_000 + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct NodeProc {
