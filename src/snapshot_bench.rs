@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use wasmraft::workload::noise;
 use wasmraft_node::pb;
 use wasmraft_node::{Node, NodeConfig, SnapshotConfig};
 
@@ -36,20 +37,6 @@ pub struct SnapshotBenchArgs {
     /// The plugin to load the state through (kv's command language); default: the bundled kv.
     #[arg(long, value_name = "FILE.wasm")]
     plugin: Option<PathBuf>,
-}
-
-/// Values that zstd can squeeze only a little (64 symbols, pseudo-random), different per seed.
-fn noise(seed: u64, len: usize) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ALPHABET[(x & 63) as usize] as char
-        })
-        .collect()
 }
 
 fn mb(bytes: u64) -> f64 {

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, NodeProc, call, eventually, query, stderr, stdout};
+use wasmraft::workload::noise;
 use wasmraft_node::pb::{self, Consistency};
 
 fn put(key: &str, value: &str) -> String {
@@ -16,20 +17,6 @@ fn put(key: &str, value: &str) -> String {
 
 fn get(key: &str) -> String {
     format!(r#"{{"op":"get","key":"{key}"}}"#)
-}
-
-/// `len` characters that zstd cannot squeeze much (64 symbols, pseudo-random), different per `seed`.
-fn noise(seed: u64, len: usize) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ALPHABET[(x & 63) as usize] as char
-        })
-        .collect()
 }
 
 /// Writes `count` keys `k0..` with `value_len`-character values through `node`; returns them.
