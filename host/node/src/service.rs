@@ -271,8 +271,14 @@ impl pb::peer_server::Peer for PeerService {
                 }
             }
             let received = incoming.size() - resumed;
-            let path = incoming.path().to_path_buf();
-            let checked = crate::state_machine::blocking(|| snapshot::check(&path));
+            // The sha256 was taken as the bytes arrived; only a file that fails it is read
+            // again, to tell corrupted from truncated.
+            let file = incoming.complete();
+            let path = file.path.clone();
+            let checked = crate::state_machine::blocking(|| match file.verified {
+                true => snapshot::check_header(&path),
+                false => snapshot::check(&path),
+            });
             let header = checked.and_then(|header| {
                 // A snapshot cannot end in a term beyond the vote of the leader sending it.
                 let term = header.last_log_id.as_ref().map_or(0, |id| id.term);
@@ -294,7 +300,7 @@ impl pb::peer_server::Peer for PeerService {
                 Err(rejection) => {
                     node.shared.snapshot_stats.reject(&rejection);
                     warn!(from_term = vote.leader_id.term, "rejected a {rejection}");
-                    incoming.discard();
+                    snapshot::forget(&path);
                     let _ = tx.send(Err(Status::data_loss(format!("rejected: {rejection}")))).await;
                     return;
                 }
@@ -306,14 +312,12 @@ impl pb::peer_server::Peer for PeerService {
             let meta = match snapshot::meta_of(&header) {
                 Ok(meta) => meta,
                 Err(e) => {
-                    incoming.discard();
+                    snapshot::forget(&path);
                     let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
                     return;
                 }
             };
-            let mut file = incoming.complete();
-            file.verified = true;
-            let path = file.path.clone();
+            let file = snapshot::SnapshotFile { verified: true, ..file };
             let snapshot = Snapshot { meta, snapshot: file };
             let result = node.raft.install_full_snapshot(vote, snapshot).await;
             // Installed files moved into the snapshot directory; one openraft declined did not.
