@@ -258,6 +258,9 @@ pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
             snap.rejected_stale,
             snap.rejected_format
         );
+        if snap.build_failed > 0 {
+            println!("  builds failed {}, last: {}", snap.build_failed, snap.last_build_error);
+        }
     }
     for n in s.nodes {
         println!(

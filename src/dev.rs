@@ -178,6 +178,8 @@ pub struct LimitsSection {
     pub fuel_per_entry: Option<u64>,
     pub max_memory_bytes: Option<usize>,
     pub max_component_bytes: Option<usize>,
+    /// Bytes a plugin's snapshot stream may reach.
+    pub max_snapshot_bytes: Option<u64>,
 }
 
 pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, String>)> {
@@ -202,6 +204,7 @@ pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, 
         fuel_per_entry: file.limits.fuel_per_entry.unwrap_or(defaults.fuel_per_entry),
         max_memory_bytes: file.limits.max_memory_bytes.unwrap_or(defaults.max_memory_bytes),
         max_component_bytes: file.limits.max_component_bytes.unwrap_or(defaults.max_component_bytes),
+        max_snapshot_bytes: file.limits.max_snapshot_bytes.unwrap_or(defaults.max_snapshot_bytes),
         ..defaults
     };
     let defaults = SnapshotConfig::default();

@@ -505,16 +505,28 @@ impl NodeInner {
             .ok_or_else(|| Status::failed_precondition("nothing applied yet: nothing to snapshot"))?;
         let covered = |m: &openraft::RaftMetrics<TypeConfig>| m.snapshot.is_some_and(|s| s.index >= applied.index);
         if !covered(&self.raft.metrics().borrow_watched()) {
+            let stats = &self.shared.snapshot_stats;
+            let failures = stats.build_failed.load(std::sync::atomic::Ordering::Relaxed);
             self.raft
                 .trigger()
                 .snapshot()
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
-            self.raft
-                .wait(Some(SNAPSHOT_WAIT))
-                .metrics(covered, "a snapshot of the applied state")
-                .await
-                .map_err(|e| Status::deadline_exceeded(format!("building the snapshot: {e}")))?;
+            let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+            while !covered(&self.raft.metrics().borrow_watched()) {
+                if stats.build_failed.load(std::sync::atomic::Ordering::Relaxed) > failures {
+                    return Err(Status::failed_precondition(format!(
+                        "the snapshot build failed: {}",
+                        stats.last_build_error()
+                    )));
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Status::deadline_exceeded(
+                        "the snapshot build did not finish in an hour",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         let snapshot = self.raft.metrics().borrow_watched().snapshot;
         // openraft purges after the build, keeping `keep_logs` entries (and whatever replication

@@ -85,6 +85,8 @@ pub enum Rejection {
 #[derive(Debug, Default)]
 pub struct SnapshotStats {
     pub built: AtomicU64,
+    pub build_failed: AtomicU64,
+    last_build_error: Mutex<String>,
     pub sent: AtomicU64,
     pub installed: AtomicU64,
     pub resumed: AtomicU64,
@@ -121,6 +123,16 @@ impl SnapshotStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a failed build and keeps its error for `cluster status` and `wasmraft snapshot`.
+    pub fn build_failed(&self, error: String) {
+        *locked(&self.last_build_error) = error;
+        self.build_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn last_build_error(&self) -> String {
+        locked(&self.last_build_error).clone()
+    }
+
     pub fn record(&self, phase: Phase, stats: pb::PhaseStats) {
         let slot = match phase {
             Phase::Build => &self.last_build,
@@ -143,6 +155,8 @@ impl SnapshotStats {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         pb::SnapshotStatus {
             built: n(&self.built),
+            build_failed: n(&self.build_failed),
+            last_build_error: self.last_build_error(),
             sent: n(&self.sent),
             installed: n(&self.installed),
             resumed: n(&self.resumed),

@@ -819,16 +819,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 })
             }
             Err(e) => {
-                // openraft treats a failed build as a storage fault and stops. A plugin whose
-                // snapshot export fails must not take the node down: hand back the newest
-                // snapshot this node has, which openraft ignores as not newer.
-                tracing::error!("snapshot build failed: {e}");
-                let dir = &self.shared.snapshot_settings.dir;
-                let file = snapshot::current(dir)?.ok_or(e)?;
-                let header = snapshot::read_header(&file.path)?;
+                // openraft treats a failed build as a storage fault and stops the node. A plugin
+                // whose snapshot export fails must not take the node down: hand back a snapshot
+                // of nothing (no log id), which openraft ignores as not newer than what it has.
+                tracing::error!("snapshot build failed (the node goes on without it): {e}");
+                stats.build_failed(e.to_string());
                 Ok(Snapshot {
-                    meta: snapshot::meta_of(&header)?,
-                    snapshot: file,
+                    meta: SnapshotMeta {
+                        last_log_id: None,
+                        last_membership: StoredMembership::default(),
+                    },
+                    snapshot: SnapshotFile {
+                        path: self.shared.snapshot_settings.dir.join("failed-build"),
+                        size: 0,
+                        verified: false,
+                    },
                 })
             }
         }
