@@ -329,3 +329,29 @@ async fn a_failing_snapshot_export_fails_the_build_not_the_node() {
     let written = fill(node, 3, 10).await;
     assert_serves(node, &written).await;
 }
+
+/// The build reads a point-in-time view of the state, so the log keeps being applied meanwhile: a
+/// write completes between two looks that both see the build running.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_applied_while_a_snapshot_is_being_built() {
+    let config = "[snapshot]\nlogs_since_last = 0\n";
+    let cluster = Cluster::started(1, config).await;
+    cluster.deploy("kv", wasmraft::plugins::KV).await;
+    let node = &cluster.nodes[0];
+    fill(node, 600, 100_000).await; // 60 MB: the build takes a good fraction of a second
+    let addr = node.addr.clone();
+    let building = tokio::spawn(async move { common::cli_at(&addr, &["snapshot"]).await });
+    eventually("the build to start", Duration::from_secs(30), || async {
+        node.snapshot_status().await.building.then_some(())
+    })
+    .await;
+    let mut api = node.api().await;
+    call(&mut api, "kv", &put("during", "build"))
+        .await
+        .expect("a write during the build");
+    let status = node.snapshot_status().await;
+    assert!(status.building, "the build ended before the write did: {status:?}");
+    let out = building.await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_serves(node, &[("during".into(), "build".into())]).await;
+}

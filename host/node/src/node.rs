@@ -163,7 +163,6 @@ impl Node {
                 n => openraft::SnapshotPolicy::LogsSinceLast(n),
             },
             max_in_snapshot_log_to_keep: config.snapshot.keep_logs,
-            snapshot_max_chunk_size: config.snapshot.chunk_bytes.max(1) as u64,
             max_payload_entries: 1024,
             ..Default::default()
         }

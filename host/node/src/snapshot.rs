@@ -18,7 +18,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -84,6 +84,7 @@ pub enum Rejection {
 /// A node's snapshot counters, shown by `cluster status`.
 #[derive(Debug, Default)]
 pub struct SnapshotStats {
+    pub building: AtomicBool,
     pub built: AtomicU64,
     pub build_failed: AtomicU64,
     last_build_error: Mutex<String>,
@@ -154,6 +155,7 @@ impl SnapshotStats {
     pub fn to_pb(&self) -> pb::SnapshotStatus {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         pb::SnapshotStatus {
+            building: self.building.load(Ordering::Relaxed),
             built: n(&self.built),
             build_failed: n(&self.build_failed),
             last_build_error: self.last_build_error(),

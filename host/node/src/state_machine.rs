@@ -805,10 +805,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
         let job = lock(&self.job).take().ok_or_else(|| io_err("snapshot already built"))?;
         let header = job.header.clone();
-        let built = tokio::task::spawn_blocking(move || snapshot::build(job))
-            .await
-            .map_err(io_err)?;
         let stats = &self.shared.snapshot_stats;
+        stats.building.store(true, Ordering::Relaxed);
+        let built = tokio::task::spawn_blocking(move || snapshot::build(job)).await;
+        stats.building.store(false, Ordering::Relaxed);
+        let built = built.map_err(io_err)?;
         match built {
             Ok(built) => {
                 stats.built.fetch_add(1, Ordering::Relaxed);
