@@ -242,9 +242,10 @@ pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
             format!("at index {} (term {})", id.index, id.term)
         });
         println!(
-            "snapshot    {last}, {}, log purged to {}",
+            "snapshot    {last}, {}, log purged to {}{}",
             mb(snap.file_bytes),
-            opt(snap.purged_index)
+            opt(snap.purged_index),
+            if snap.building { " (building a new one now)" } else { "" }
         );
         println!(
             "  built {}, sent {}, installed {}, resumed {} ({}), rejected: {} corrupted, {} truncated, {} stale, {} unknown format",
