@@ -76,9 +76,9 @@ setup_plugin_tools() {
     fi
     if stale tools/node_modules/.installed tools/package.json tools/package-lock.json; then
         step "installing componentize-js into tools/node_modules"
-        # `npm install` honours the lock; `npm ci` rejects locks written without other
-        # platforms' optional packages, as this registry setup writes them.
-        (cd tools && npm install --no-audit --no-fund --loglevel=error)
+        # `npm ci` installs exactly the lock and never rewrites it (the lock lists every
+        # platform's optional packages, so it is complete wherever it is used).
+        (cd tools && npm ci --no-audit --no-fund --loglevel=error)
         pins_hash tools/package.json tools/package-lock.json >tools/node_modules/.installed
     fi
     if ! [ -x tools/cargo/bin/wit-bindgen ] || ! tools/cargo/bin/wit-bindgen --version | grep -q "$WIT_BINDGEN_VERSION"; then
