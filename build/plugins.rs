@@ -11,29 +11,36 @@ pub type Built = Vec<(String, PathBuf)>;
 /// The plugins workspace's members that build a component (`cdylib`), as `(package name, dir)`,
 /// read from its manifests.
 pub fn plugin_packages(plugins_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    let manifest = std::fs::read_to_string(plugins_dir.join("Cargo.toml")).map_err(|e| format!("reading plugins/Cargo.toml: {e}"))?;
-    let members = manifest
-        .split("members = [")
-        .nth(1)
-        .and_then(|rest| rest.split(']').next())
-        .ok_or("plugins/Cargo.toml has no members list")?;
-    members
-        .split(',')
-        .map(|m| m.trim().trim_matches('"'))
-        .filter(|m| !m.is_empty())
-        .map(|member| {
-            let dir = plugins_dir.join(member);
-            let text = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| format!("reading {member}/Cargo.toml: {e}"))?;
-            let name = text
-                .lines()
-                .find_map(|line| line.strip_prefix("name = "))
-                .map(|name| name.trim().trim_matches('"').to_string())
-                .ok_or(format!("{member}/Cargo.toml has no package name"))?;
-            // Library-only members (shared logic) produce no component.
-            Ok(text.contains("\"cdylib\"").then_some((name, dir)))
-        })
-        .filter_map(Result::transpose)
-        .collect()
+    let manifest = |path: PathBuf| -> Result<toml::Table, String> {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        text.parse().map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let workspace = manifest(plugins_dir.join("Cargo.toml"))?;
+    let members = workspace
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .ok_or("plugins/Cargo.toml has no [workspace] members list")?;
+    let mut packages = Vec::new();
+    for member in members {
+        let member = member.as_str().ok_or("plugins/Cargo.toml: a member is not a string")?;
+        let dir = plugins_dir.join(member);
+        let package = manifest(dir.join("Cargo.toml"))?;
+        let name = package
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+            .ok_or(format!("{member}/Cargo.toml has no package name"))?;
+        let crate_types = package
+            .get("lib")
+            .and_then(|l| l.get("crate-type"))
+            .and_then(|t| t.as_array());
+        // Library-only members (shared logic) produce no component.
+        if crate_types.is_some_and(|types| types.iter().any(|t| t.as_str() == Some("cdylib"))) {
+            packages.push((name.to_string(), dir));
+        }
+    }
+    Ok(packages)
 }
 
 /// Builds every plugin (release, wasm32-wasip2) with a nested cargo in `<target>/plugins-build`

@@ -3,7 +3,11 @@
 //! node (`builtin:kv-native`), in the same run, and the ratio.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 use wasmraft_node::pb;
 
@@ -39,7 +43,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "linearizable", value_parser = client::parse_consistency)]
     consistency: pb::Consistency,
     /// Also run the workload against the kv logic compiled natively into the node (activated as
-    /// `native-kv`), and print the WASM/native ratio.
+    /// `native-kv`), and print the WASM/native ratio. The nodes must be built with
+    /// `--features bench`.
     #[arg(long)]
     compare_native: bool,
 }
@@ -56,8 +61,8 @@ struct Outcome {
     ops: usize,
     errors: usize,
     elapsed: Duration,
-    /// Latencies in microseconds, sorted.
-    latencies: Vec<u64>,
+    /// Latencies in microseconds.
+    latencies: Histogram<u64>,
 }
 
 impl Outcome {
@@ -65,13 +70,15 @@ impl Outcome {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[rank - 1] as f64 / 1000.0
+    /// The latency at quantile `q` (0.0-1.0), in milliseconds.
+    fn percentile(&self, q: f64) -> f64 {
+        self.latencies.value_at_quantile(q) as f64 / 1000.0
     }
+}
+
+/// A latency histogram in microseconds, 1 µs to 1 h at 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// A small deterministic generator (no dependency, same workload every run).
@@ -94,6 +101,8 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
     for _ in 0..args.clients.max(1) {
         clients.push(client::connect(&args.endpoint).await?);
     }
+    let progress = crate::progress::bar(args.ops as u64, plugin);
+    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, mut api) in clients.into_iter().enumerate() {
@@ -101,9 +110,10 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
         let value = value.clone();
         let (keys, read_ratio, consistency) = (args.keys.max(1), args.read_ratio, args.consistency);
         let ops = per_client.min(args.ops.saturating_sub(c * per_client));
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = SplitMix(c as u64 + 1);
-            let mut latencies = Vec::with_capacity(ops);
+            let mut latencies = histogram();
             let mut errors = 0;
             for _ in 0..ops {
                 let key = rng.next() % keys as u64;
@@ -125,7 +135,8 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
                     };
                     api.call(req).await.is_ok()
                 };
-                latencies.push(t.elapsed().as_micros() as u64);
+                latencies.saturating_record(t.elapsed().as_micros() as u64);
+                done.fetch_add(1, Ordering::Relaxed);
                 if !ok {
                     errors += 1;
                 }
@@ -133,17 +144,27 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
             (latencies, errors)
         }));
     }
-    let mut latencies = Vec::with_capacity(args.ops);
+    let ticker = {
+        let (progress, done) = (progress.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                progress.set_position(done.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut latencies = histogram();
     let mut errors = 0;
     for task in tasks {
         let (l, e) = task.await?;
-        latencies.extend(l);
+        latencies.add(l)?;
         errors += e;
     }
     let elapsed = started.elapsed();
-    latencies.sort_unstable();
+    ticker.abort();
+    progress.finish_and_clear();
     Ok(Outcome {
-        ops: latencies.len(),
+        ops: latencies.len() as usize,
         errors,
         elapsed,
         latencies,

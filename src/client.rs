@@ -173,16 +173,9 @@ pub async fn deploy(endpoint: &str, name: String, file: &Path, config: Vec<u8>) 
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let mut client = connect(endpoint).await?;
     let started = Instant::now();
-    let show = bytes.len() > 1 << 20;
-    let result = deploy_bytes(&mut client, &name, bytes, config, |done, total| {
-        if show {
-            eprint!("\rdeploy {name}: {} / {} KiB committed", done / 1024, total / 1024);
-        }
-    })
-    .await;
-    if show {
-        eprintln!();
-    }
+    let progress = crate::progress::bytes(bytes.len() as u64, &format!("deploy {name}"));
+    let result = deploy_bytes(&mut client, &name, bytes, config, |done, _| progress.set_position(done)).await;
+    progress.finish_and_clear();
     match result {
         Ok((sha256, index)) => {
             println!("deployed {name}");
@@ -289,7 +282,10 @@ pub fn mb_per_sec(bytes: u64, micros: u64) -> f64 {
 
 pub async fn snapshot(endpoint: &str) -> anyhow::Result<ExitCode> {
     let mut client = connect(endpoint).await?;
-    let s = match client.snapshot(pb::SnapshotRequest {}).await {
+    let progress = crate::progress::spinner("building a snapshot");
+    let result = client.snapshot(pb::SnapshotRequest {}).await;
+    progress.finish_and_clear();
+    let s = match result {
         Ok(resp) => resp.into_inner(),
         Err(status) => return Ok(report(&status)),
     };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Deserialize;
 use wasmraft_node::pb;
-use wasmraft_node::{Node, NodeConfig, SnapshotConfig};
+use wasmraft_node::{Node, NodeConfig, RaftConfig, SnapshotConfig};
 use wasmraft_runtime::Limits;
 
 use crate::client;
@@ -140,46 +140,11 @@ pub struct NodeFile {
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
     #[serde(default)]
-    pub raft: RaftSection,
+    pub raft: RaftConfig,
     #[serde(default)]
-    pub limits: LimitsSection,
+    pub limits: Limits,
     #[serde(default)]
-    pub snapshot: SnapshotSection,
-}
-
-/// `[snapshot]`: when to snapshot, what to keep, how to send (defaults: [`SnapshotConfig`]).
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotSection {
-    /// Entries applied since the last snapshot that trigger a new one; 0: on demand only.
-    pub logs_since_last: Option<u64>,
-    /// Log entries kept below a snapshot for slow followers.
-    pub keep_logs: Option<u64>,
-    /// Snapshot files kept.
-    pub keep_files: Option<usize>,
-    /// Bytes per transfer message.
-    pub chunk_bytes: Option<usize>,
-    /// Send at most this many bytes per second; 0: no cap.
-    pub max_send_bytes_per_sec: Option<u64>,
-    pub zstd_level: Option<i32>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RaftSection {
-    pub heartbeat_ms: Option<u64>,
-    pub election_timeout_min_ms: Option<u64>,
-    pub election_timeout_max_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsSection {
-    pub fuel_per_entry: Option<u64>,
-    pub max_memory_bytes: Option<usize>,
-    pub max_component_bytes: Option<usize>,
-    /// Bytes a plugin's snapshot stream may reach.
-    pub max_snapshot_bytes: Option<u64>,
+    pub snapshot: SnapshotConfig,
 }
 
 pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, String>)> {
@@ -190,33 +155,9 @@ pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, 
     let mut config = NodeConfig::new(file.id, file.listen, base.join(&file.data_dir));
     config.advertise = file.advertise;
     config.compile_cache_dir = file.compile_cache_dir.map(|dir| base.join(dir));
-    if let Some(v) = file.raft.heartbeat_ms {
-        config.heartbeat_ms = v;
-    }
-    if let Some(v) = file.raft.election_timeout_min_ms {
-        config.election_timeout_min_ms = v;
-    }
-    if let Some(v) = file.raft.election_timeout_max_ms {
-        config.election_timeout_max_ms = v;
-    }
-    let defaults = Limits::default();
-    config.limits = Limits {
-        fuel_per_entry: file.limits.fuel_per_entry.unwrap_or(defaults.fuel_per_entry),
-        max_memory_bytes: file.limits.max_memory_bytes.unwrap_or(defaults.max_memory_bytes),
-        max_component_bytes: file.limits.max_component_bytes.unwrap_or(defaults.max_component_bytes),
-        max_snapshot_bytes: file.limits.max_snapshot_bytes.unwrap_or(defaults.max_snapshot_bytes),
-        ..defaults
-    };
-    let defaults = SnapshotConfig::default();
-    let snap = file.snapshot;
-    config.snapshot = SnapshotConfig {
-        logs_since_last: snap.logs_since_last.unwrap_or(defaults.logs_since_last),
-        keep_logs: snap.keep_logs.unwrap_or(defaults.keep_logs),
-        keep_files: snap.keep_files.unwrap_or(defaults.keep_files),
-        chunk_bytes: snap.chunk_bytes.unwrap_or(defaults.chunk_bytes),
-        max_send_bytes_per_sec: snap.max_send_bytes_per_sec.unwrap_or(defaults.max_send_bytes_per_sec),
-        zstd_level: snap.zstd_level.unwrap_or(defaults.zstd_level),
-    };
+    config.raft = file.raft;
+    config.limits = file.limits;
+    config.snapshot = file.snapshot;
     if config.snapshot.keep_files == 0 || config.snapshot.chunk_bytes == 0 {
         anyhow::bail!(
             "{}: [snapshot] keep_files and chunk_bytes must be at least 1",

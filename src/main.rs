@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod dev;
+mod progress;
 mod snapshot_bench;
 
 use std::path::PathBuf;
@@ -180,9 +181,16 @@ enum PluginCommand {
     },
 }
 
+/// The log filter unless `RUST_LOG` sets one: warnings, less openraft's per-RPC ones (every failed
+/// heartbeat or append to a peer that is not up yet); the node reports a peer that stays
+/// unreachable past an election timeout itself, once.
+const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=error,openraft::core::heartbeat=error";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

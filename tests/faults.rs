@@ -1,11 +1,14 @@
 //! The peer transport's fault layer, on nodes run in this process: a partitioned leader is
-//! replaced, and the cluster heals.
+//! replaced, the cluster heals, and no read the old leader answers across the heal is stale.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use wasmraft_node::{LinkFault, Node, NodeConfig};
+use wasmraft_node::pb::{self, Consistency, api_client::ApiClient};
+use wasmraft_node::{LinkFault, Node, NodeConfig, RaftConfig};
 
 async fn start(n: u64, dir: &std::path::Path) -> Vec<Node> {
     let mut nodes = Vec::new();
@@ -15,9 +18,11 @@ async fn start(n: u64, dir: &std::path::Path) -> Vec<Node> {
             SocketAddr::from(([127, 0, 0, 1], 0)),
             dir.join(format!("node-{id}")),
         );
-        config.heartbeat_ms = 50;
-        config.election_timeout_min_ms = 300;
-        config.election_timeout_max_ms = 600;
+        config.raft = RaftConfig {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+        };
         nodes.push(Node::start(config).await.unwrap());
     }
     let members: BTreeMap<u64, String> = nodes.iter().map(|n| (n.id(), n.addr().to_string())).collect();
@@ -106,4 +111,192 @@ async fn a_partitioned_leader_is_replaced_and_the_cluster_heals() {
     for node in nodes {
         node.shutdown().await.unwrap();
     }
+}
+
+/// Silences every link between `isolated` and the rest, both ways: connections stay open and
+/// hold their bytes, as behind a firewall that drops packets.
+fn silence(nodes: &[Node], isolated: &[u64]) {
+    let silent = LinkFault {
+        silent: true,
+        ..LinkFault::default()
+    };
+    for node in nodes {
+        let inside = isolated.contains(&node.id());
+        for peer in nodes.iter().filter(|p| isolated.contains(&p.id()) != inside) {
+            node.faults().set(peer.id(), silent);
+        }
+    }
+}
+
+fn heal(nodes: &[Node]) {
+    for node in nodes {
+        node.faults().heal_all();
+    }
+}
+
+async fn api(node: &Node) -> ApiClient<tonic::transport::Channel> {
+    ApiClient::connect(node.addr().to_string()).await.unwrap()
+}
+
+/// A cluster of `n` in-process nodes with the kv plugin active.
+async fn start_with_kv(n: u64, dir: &std::path::Path) -> Vec<Node> {
+    let nodes = start(n, dir).await;
+    let leader = leader_seen_by(&nodes[0], |_| true).await;
+    let addr = nodes.iter().find(|n| n.id() == leader).unwrap().addr().to_string();
+    let out = common::cli_at(&addr, &["deploy", "kv", wasmraft::plugins::KV]).await;
+    assert!(out.status.success(), "deploy: {}", common::stderr(&out));
+    nodes
+}
+
+fn put(key: &str, value: &str) -> String {
+    format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#)
+}
+
+/// One read's outcome, as a client saw it.
+#[derive(Debug)]
+struct Read {
+    started: Instant,
+    result: Result<String, tonic::Status>,
+}
+
+/// Reads `key` at `node` back to back until `stop` is set, each read waiting at most 5 s.
+fn keep_reading(
+    node: &Node,
+    key: &'static str,
+    consistency: Consistency,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Read>> {
+    let addr = node.addr().to_string();
+    tokio::spawn(async move {
+        let mut api = ApiClient::connect(addr).await.unwrap();
+        let mut reads = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let started = Instant::now();
+            let request = pb::QueryRequest {
+                plugin: "kv".into(),
+                request: format!(r#"{{"op":"get","key":"{key}"}}"#).into_bytes(),
+                consistency: consistency as i32,
+            };
+            let result = match tokio::time::timeout(Duration::from_secs(5), api.query(request)).await {
+                Ok(Ok(resp)) => Ok(String::from_utf8_lossy(&resp.into_inner().result).into_owned()),
+                Ok(Err(status)) => Err(status),
+                Err(_) => Err(tonic::Status::deadline_exceeded("no answer in 5 s")),
+            };
+            let failed = result.is_err();
+            reads.push(Read { started, result });
+            if failed {
+                // A refused read comes back at once: back off as a client would.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        reads
+    })
+}
+
+/// The scenario of a stale read after a partition: `old` led and is cut off from a majority by a
+/// silent partition (with `minority`, which keeps following it); the majority elects a new leader
+/// and acknowledges `key = new`; reads at `reader` (the old leader, or a follower still asking it
+/// for the read index) run before, across and after the heal. Every read that succeeds began
+/// after `new` was acknowledged, so it must return `new`; a failed read must be retryable.
+async fn no_stale_read_across_a_heal(n: u64, reader_is_old_leader: bool, consistency: Consistency) {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_with_kv(n, dir.path()).await;
+    for round in 0..3 {
+        let key: &'static str = format!("k{round}").leak();
+        let old = leader_seen_by(&nodes[0], |_| true).await;
+        let old_node = nodes.iter().find(|n| n.id() == old).unwrap();
+        common::call(&mut api(old_node).await, "kv", &put(key, "old"))
+            .await
+            .unwrap();
+        // Writers through every node, up to and across the cut and the heal: the old leader
+        // keeps appending entries it cannot commit, and replication is in flight at the cut.
+        let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writers: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let (addr, writing) = (n.addr().to_string(), writing.clone());
+                tokio::spawn(async move {
+                    let mut api = ApiClient::connect(addr).await.unwrap();
+                    let mut i = 0;
+                    while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                        i += 1;
+                        let call = api.call(pb::CallRequest {
+                            plugin: "kv".into(),
+                            payload: put(&format!("other{i}"), "x").into_bytes(),
+                        });
+                        let _ = tokio::time::timeout(Duration::from_millis(300), call).await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The minority side: the old leader, plus one follower that keeps following it.
+        let mut isolated = vec![old];
+        if !reader_is_old_leader {
+            isolated.push(nodes.iter().find(|n| n.id() != old).unwrap().id());
+        }
+        let reader = nodes.iter().find(|n| n.id() == *isolated.last().unwrap()).unwrap();
+        silence(&nodes, &isolated);
+        let majority: Vec<&Node> = nodes.iter().filter(|n| !isolated.contains(&n.id())).collect();
+        let new = leader_seen_by(majority[0], |leader| !isolated.contains(&leader)).await;
+        let new_node = nodes.iter().find(|n| n.id() == new).unwrap();
+        let acked = Instant::now();
+        common::call(&mut api(new_node).await, "kv", &put(key, "new"))
+            .await
+            .unwrap();
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = keep_reading(reader, key, consistency, stop.clone());
+        // Let reads queue on the old leader, which cannot reach a quorum, then heal inside
+        // their wait (a leader lease, 600 ms here).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        heal(&nodes);
+        leader_seen_by(reader, |leader| leader == new).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        writing.store(false, std::sync::atomic::Ordering::SeqCst);
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let reads = reads.await.unwrap();
+
+        let want = r#"{"value":"new"}"#;
+        for read in &reads {
+            assert!(read.started > acked);
+            match &read.result {
+                Ok(value) => assert_eq!(
+                    value,
+                    want,
+                    "round {round}: a {consistency:?} read at node {} returned a stale value: old leader {old}, new {new}; reads: {reads:#?}",
+                    reader.id()
+                ),
+                Err(status) => assert!(
+                    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+                    "round {round}: a failed read must be retryable: {status:?}"
+                ),
+            }
+        }
+        assert!(
+            reads.iter().any(|r| r.result.is_ok()),
+            "round {round}: no read succeeded after the heal: {reads:#?}"
+        );
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leader_never_answers_a_linearizable_read_with_a_stale_value() {
+    no_stale_read_across_a_heal(3, true, Consistency::Linearizable).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leader_never_answers_a_lease_read_with_a_stale_value() {
+    no_stale_read_across_a_heal(3, true, Consistency::Lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_never_serves_a_stale_read_index_from_a_deposed_leader() {
+    no_stale_read_across_a_heal(5, false, Consistency::Linearizable).await;
 }

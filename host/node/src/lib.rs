@@ -5,18 +5,23 @@
 //! Every openraft and protobuf type stays in this crate.
 //!
 //! - [`Node::start`] opens a node's data, starts Raft and serves the `Peer` and `Api` services.
+//!
+//! The modules follow the data; imports run one way: `node` (assembly) -> `api` (gRPC
+//! handlers) -> `cluster` (what the handlers ask of the node: writes, reads, deploy, admin) ->
+//! `raft` (openraft's log store, state machine adapter, network) -> `snapshot` (files, build,
+//! install, transfer) -> `sm` (the apply loop, plugins, backends) -> `wire` / `types` / `util`.
 //! - [`pb`] is the gRPC interface (`proto/wasmraft.proto`); [`pb::api_client::ApiClient`] is the
 //!   client any program can use.
 
-mod backend;
-mod engine;
-mod log_store;
-mod network;
+mod api;
+mod cluster;
 mod node;
-mod service;
+mod raft;
+mod sm;
 mod snapshot;
-mod state_machine;
 pub mod types;
+mod util;
+mod wire;
 
 /// The generated protobuf messages and gRPC services.
 #[allow(clippy::all, missing_docs)]
@@ -24,10 +29,8 @@ pub mod pb {
     tonic::include_proto!("wasmraft.v1");
 }
 
-pub use engine::BUILTINS;
-pub use log_store::LogStore;
-pub use network::{Faults, LinkFault};
-pub use node::{Node, NodeConfig, Raft, SnapshotConfig};
-pub use service::DEPLOY_CHUNK_BYTES;
-pub use snapshot::SnapshotSettings;
-pub use state_machine::StateMachine;
+pub use cluster::{DEPLOY_CHUNK_BYTES, NodeInner};
+pub use node::{Node, NodeConfig, RaftConfig};
+pub use raft::{Faults, LinkFault, LogStore, Raft, StateMachine};
+pub use sm::BUILTINS;
+pub use snapshot::{SnapshotConfig, SnapshotSettings};

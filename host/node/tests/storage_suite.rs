@@ -4,7 +4,7 @@ use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use wasmraft_node::types::TypeConfig;
-use wasmraft_node::{LogStore, SnapshotSettings, StateMachine};
+use wasmraft_node::{LogStore, SnapshotConfig, SnapshotSettings, StateMachine};
 use wasmraft_runtime::{Runtime, RuntimeConfig};
 use wasmraft_store::Store;
 
@@ -17,11 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         let fail = |e: &dyn std::fmt::Display| StorageError::read(TypeConfig::err_from_string(e.to_string()));
         let dir = tempfile::tempdir().map_err(|e| fail(&e))?;
         let store = Store::open(dir.path().join("db")).map_err(|e| fail(&e))?;
-        let settings = SnapshotSettings {
-            dir: dir.path().join("snapshots"),
-            keep: 2,
-            zstd_level: 1,
-        };
+        let settings = SnapshotSettings::new(dir.path().join("snapshots"), &SnapshotConfig::default());
         let sm = StateMachine::open(store.clone(), self.runtime.clone(), settings).map_err(|e| fail(&e))?;
         Ok((dir, LogStore::new(store), sm))
     }

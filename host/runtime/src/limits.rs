@@ -61,8 +61,10 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 /// through the log and are kept on every node.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
-/// The limits one runtime applies to every plugin it loads.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The limits one runtime applies to every plugin it loads. In a node's config file, `[limits]`
+/// sets any of them; the rest keep their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub fuel_per_entry: u64,
     pub fuel_per_call: u64,

@@ -42,6 +42,9 @@ impl Pending {
 
 pub(crate) type SharedPending = Arc<Mutex<Pending>>;
 
+/// Makes a fresh backend for a plugin instance (each instance owns one).
+pub(crate) type BackendFactory = Box<dyn Fn() -> Box<dyn KvBackend> + Send + Sync>;
+
 fn lock(pending: &SharedPending) -> std::sync::MutexGuard<'_, Pending> {
     // A panic while holding this lock already stopped the apply path; the data is still whole.
     pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -16,18 +16,13 @@ use prost::Message;
 use wasmraft_store::Store;
 
 use crate::pb;
-use crate::types::{
-    Entry, LogId, TypeConfig, Vote, decode, entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb,
-    vote_to_pb,
-};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::util::io_err;
+use crate::wire::{decode, entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
-
-pub(crate) fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
 
 /// The raft log and vote of one node.
 pub struct LogStore {

@@ -1,0 +1,277 @@
+//! The `Api` gRPC service (clients and admins): thin handlers that check the request, call the
+//! node (`cluster`), and turn its answer into the reply.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::errors::{ClientWriteError, RaftError};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::BoxStream;
+use crate::cluster::{AdminError, NodeInner, control_outcome};
+use crate::pb::{self, command, command_result};
+use crate::types::TypeConfig;
+
+pub struct ApiService(pub Arc<NodeInner>);
+
+impl ApiService {
+    /// A deploy of `builtin:NAME`: nothing to upload, just the activation.
+    async fn activate_builtin(
+        &self,
+        start: pb::DeployStart,
+    ) -> Result<Response<BoxStream<pb::DeployProgress>>, Status> {
+        if crate::sm::builtin_name(&start.sha256).is_none() {
+            return Err(Status::invalid_argument(crate::sm::missing_builtin(&start.sha256)));
+        }
+        let activate = pb::Command {
+            timestamp_ms: 0,
+            kind: Some(command::Kind::Activate(pb::Activate {
+                name: start.name,
+                sha256: start.sha256.clone(),
+                config: start.config,
+            })),
+        };
+        let (index, result) = self.0.propose(activate).await?;
+        control_outcome(result)?;
+        let done = pb::DeployProgress {
+            committed_bytes: 0,
+            total_bytes: 0,
+            activated_index: Some(index),
+            sha256: start.sha256,
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(done)]))))
+    }
+}
+
+/// Turns a replicated call result into the client's answer (or error status).
+fn call_outcome(plugin: &str, index: u64, result: pb::CommandResult) -> Result<pb::CallResponse, Status> {
+    match result.kind {
+        Some(command_result::Kind::Call(call)) => match call.outcome {
+            Some(pb::call_result::Outcome::Ok(result)) => Ok(pb::CallResponse {
+                result,
+                version: call.version,
+                index,
+            }),
+            Some(pb::call_result::Outcome::Error(message)) => {
+                Err(Status::failed_precondition(format!("plugin {plugin}: {message}")))
+            }
+            None => Err(Status::internal("empty call result")),
+        },
+        Some(command_result::Kind::Rejected(message)) if message.starts_with("unknown plugin") => {
+            Err(Status::not_found(message))
+        }
+        Some(command_result::Kind::Rejected(message)) => Err(Status::failed_precondition(message)),
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::api_server::Api for ApiService {
+    async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallResponse>, Status> {
+        let req = req.into_inner();
+        let plugin = req.plugin.clone();
+        let command = pb::Command {
+            timestamp_ms: 0,
+            kind: Some(command::Kind::Call(pb::PluginCall {
+                plugin: req.plugin,
+                payload: req.payload.into(),
+            })),
+        };
+        let (index, result) = self.0.propose(command).await?;
+        Ok(Response::new(call_outcome(&plugin, index, result)?))
+    }
+
+    async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
+        let req = req.into_inner();
+        let consistency = req.consistency();
+        self.0.read_barrier(consistency).await?;
+        let plugin = self
+            .0
+            .shared
+            .plugin(&req.plugin)
+            .ok_or_else(|| Status::not_found(format!("unknown plugin {:?}", req.plugin)))?;
+        let shared = self.0.shared.clone();
+        let name = req.plugin.clone();
+        let (answer, applied_index) = tokio::task::spawn_blocking(move || {
+            let answer = shared.query(&plugin, &req.request);
+            (answer.map(|a| (a, plugin.info.sha256.clone())), shared.state_digest().0)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (answer, version) = answer.map_err(|e| Status::internal(format!("plugin {name}: {e}")))?;
+        let result = answer.map_err(|e| Status::failed_precondition(format!("plugin {name}: {e}")))?;
+        Ok(Response::new(pb::QueryResponse {
+            result,
+            version,
+            applied_index,
+        }))
+    }
+
+    type DeployStream = BoxStream<pb::DeployProgress>;
+
+    async fn deploy(&self, req: Request<Streaming<pb::DeployRequest>>) -> Result<Response<Self::DeployStream>, Status> {
+        let mut input = req.into_inner();
+        let Some(pb::DeployRequest {
+            part: Some(pb::deploy_request::Part::Start(start)),
+        }) = input.message().await?
+        else {
+            return Err(Status::invalid_argument("a deploy stream starts with `start`"));
+        };
+        wasmraft_store::check_space(&start.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if start.sha256.starts_with(crate::sm::BUILTIN_PREFIX) {
+            return self.activate_builtin(start).await;
+        }
+        let limit = self.0.shared.runtime.limits().max_component_bytes as u64;
+        if start.size > limit {
+            return Err(Status::invalid_argument(format!(
+                "component is {} bytes, over max_component_bytes ({limit})",
+                start.size
+            )));
+        }
+        let mut bytes = Vec::with_capacity(start.size as usize);
+        while let Some(part) = input.message().await? {
+            let Some(pb::deploy_request::Part::Data(data)) = part.part else {
+                return Err(Status::invalid_argument("a deploy stream has one `start`"));
+            };
+            if bytes.len() as u64 + data.len() as u64 > start.size {
+                return Err(Status::invalid_argument("more bytes than the announced size"));
+            }
+            bytes.extend_from_slice(&data);
+        }
+        if bytes.len() as u64 != start.size {
+            return Err(Status::invalid_argument(format!(
+                "received {} of {} bytes",
+                bytes.len(),
+                start.size
+            )));
+        }
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if !start.sha256.is_empty() && start.sha256 != sha256 {
+            return Err(Status::invalid_argument(format!(
+                "content has sha256 {sha256}, not {}",
+                start.sha256
+            )));
+        }
+        // Validate (and compile into this node's cache) before anything reaches the log.
+        let runtime = self.0.shared.runtime.clone();
+        let checked = bytes.clone();
+        tokio::task::spawn_blocking(move || runtime.load(&checked))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::invalid_argument(format!("{} is not a valid plugin: {e}", start.name)))?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let node = self.0.clone();
+        tokio::spawn(async move { node.deploy(start, sha256, bytes, tx).await });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_plugins(
+        &self,
+        _req: Request<pb::ListPluginsRequest>,
+    ) -> Result<Response<pb::ListPluginsResponse>, Status> {
+        let plugins = self
+            .0
+            .shared
+            .plugins()
+            .iter()
+            .map(|p| pb::PluginInfo {
+                name: p.info.name.clone(),
+                sha256: p.info.sha256.clone(),
+                activated_index: p.info.activated_index,
+                size: p.info.size,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPluginsResponse { plugins }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.0.status()))
+    }
+
+    async fn init(&self, req: Request<pb::InitRequest>) -> Result<Response<pb::InitResponse>, Status> {
+        let members = req.into_inner().members.into_iter().collect();
+        self.0.initialize(members).await?;
+        Ok(Response::new(pb::InitResponse {}))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = req.into_inner();
+        let index = self
+            .0
+            .on_leader(
+                || async {
+                    let node = openraft::BasicNode { addr: req.addr.clone() };
+                    let resp = self.0.raft.add_learner(req.id, node, req.blocking).await;
+                    Ok(resp.map_err(membership_error)?.log_id.index)
+                },
+                |mut leader| {
+                    let req = req.clone();
+                    async move { Ok(leader.add_learner(req).await?.into_inner().index) }
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::MembershipResponse { index }))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = req.into_inner();
+        let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument("a membership needs at least one voter"));
+        }
+        let index = self
+            .0
+            .on_leader(
+                || async {
+                    let resp = self.0.raft.change_membership(voters.clone(), req.retain).await;
+                    Ok(resp.map_err(membership_error)?.log_id.index)
+                },
+                |mut leader| {
+                    let req = req.clone();
+                    async move { Ok(leader.change_membership(req).await?.into_inner().index) }
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::MembershipResponse { index }))
+    }
+
+    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+        Ok(Response::new(self.0.snapshot_now().await?))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderToRequest>,
+    ) -> Result<Response<pb::TransferLeaderToResponse>, Status> {
+        let req = req.into_inner();
+        self.0
+            .on_leader(
+                || async {
+                    let started = self.0.raft.trigger().transfer_leader(req.to).await;
+                    started.map_err(|e| AdminError::Failed(Status::internal(e.to_string())))
+                },
+                |mut leader| async move { leader.transfer_leader(req).await.map(|_| ()) },
+            )
+            .await?;
+        Ok(Response::new(pb::TransferLeaderToResponse {}))
+    }
+}
+
+/// A membership change's error: "forward to leader" means leadership moved before it took effect.
+fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> AdminError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => AdminError::Moved(forward.to_string()),
+        e => AdminError::Failed(Status::failed_precondition(e.to_string())),
+    }
+}

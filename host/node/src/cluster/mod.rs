@@ -1,0 +1,71 @@
+//! The node as the services see it ([`NodeInner`]): who leads, and the operations that must
+//! reach the leader. A write goes out through `write` (here, or forwarded to the leader), a read
+//! waits at `read` for the consistency it asked for, a deploy goes through the log in `deploy`,
+//! and membership, snapshots and status are in `admin`.
+
+mod admin;
+mod deploy;
+mod read;
+mod write;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use tonic::Status;
+
+pub use admin::AdminError;
+pub use deploy::DEPLOY_CHUNK_BYTES;
+pub(crate) use deploy::control_outcome;
+
+use crate::raft::{Faults, Network, Raft};
+use crate::sm::Shared;
+use crate::snapshot::{SnapshotConfig, Snapshots};
+use crate::types::NodeId;
+
+/// How long a request waits for an election in progress before it fails with "no leader yet".
+pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// The parts of a node the services share.
+pub struct NodeInner {
+    pub id: NodeId,
+    pub addr: String,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub snapshots: Arc<Snapshots>,
+    pub network: Network,
+    pub faults: Faults,
+    pub snapshot: SnapshotConfig,
+    /// Held while a snapshot is being received: one transfer at a time.
+    pub(crate) receiving: Arc<tokio::sync::Mutex<()>>,
+    /// The voters `cluster init` uses when it names none (from the node's config file).
+    pub(crate) initial_members: BTreeMap<NodeId, String>,
+}
+
+pub(crate) fn no_leader() -> Status {
+    Status::unavailable("no leader yet: the cluster is electing one (or not initialized: `wasmraft cluster init`)")
+}
+
+impl NodeInner {
+    /// The leader, waiting up to `timeout` for one to be known (an election in progress).
+    pub async fn leader_within(&self, timeout: Duration) -> Result<(NodeId, String), Status> {
+        if let Some(leader) = self.leader() {
+            return Ok(leader);
+        }
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
+        self.leader().ok_or_else(no_leader)
+    }
+
+    /// The current leader's id and address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+}

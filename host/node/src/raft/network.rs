@@ -1,0 +1,338 @@
+//! The peer transport: openraft's network over tonic, one cached channel per peer, through the
+//! fault layer ([`Faults`]) that tests use to cut, delay or silence links.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use openraft::BasicNode;
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use super::faults::Faults;
+use crate::pb::{self, peer_client::PeerClient};
+use crate::snapshot::{SnapshotFile, Snapshots};
+use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
+use crate::util::lock;
+use crate::wire::{
+    Malformed, append_request_to_pb, append_response_from_pb, opt_log_id_to_pb, stream_result_from_pb,
+    vote_request_to_pb, vote_response_from_pb, vote_to_pb,
+};
+
+/// Makes the peer clients; channels are cached by address and shared.
+#[derive(Clone)]
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    faults: Faults,
+    snapshots: Arc<Snapshots>,
+    health: Arc<Health>,
+}
+
+/// Which peers this node cannot reach, and since when. A peer that is not up yet (a cluster
+/// starting, a node restarting) is not news: it is reported once it stays unreachable past
+/// `down_after` (an election timeout), and again when it is back. openraft's own per-RPC
+/// warnings are filtered out by the CLI for the same reason.
+#[derive(Debug)]
+struct Health {
+    down_after: Duration,
+    down_since: Mutex<HashMap<NodeId, (Instant, bool)>>,
+}
+
+impl Health {
+    fn failed(&self, peer: NodeId, error: &RPCError<TypeConfig>) {
+        let mut down = lock(&self.down_since);
+        let (since, reported) = down.entry(peer).or_insert((Instant::now(), false));
+        if !*reported && since.elapsed() >= self.down_after {
+            *reported = true;
+            warn!(peer, secs = since.elapsed().as_secs_f64(), "peer unreachable: {error}");
+        } else {
+            debug!(peer, "peer RPC failed: {error}");
+        }
+    }
+
+    fn reached(&self, peer: NodeId) {
+        if let Some((since, true)) = lock(&self.down_since).remove(&peer) {
+            info!(peer, secs = since.elapsed().as_secs_f64(), "peer reachable again");
+        }
+    }
+
+    /// Records how an RPC to `peer` went, and passes its result on.
+    fn observe<T>(&self, peer: NodeId, result: Result<T, RPCError<TypeConfig>>) -> Result<T, RPCError<TypeConfig>> {
+        match &result {
+            Ok(_) => self.reached(peer),
+            Err(e @ RPCError::Unreachable(_)) => self.failed(peer, e),
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+impl Network {
+    /// `down_after`: how long a peer may be unreachable before it is reported (an election
+    /// timeout).
+    pub fn new(faults: Faults, snapshots: Arc<Snapshots>, down_after: Duration) -> Self {
+        Self {
+            channels: Arc::default(),
+            faults,
+            snapshots,
+            health: Arc::new(Health {
+                down_after,
+                down_since: Mutex::default(),
+            }),
+        }
+    }
+
+    /// A lazily connecting channel to `peer` at `addr` (`http://host:port`).
+    pub fn channel(&self, peer: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.faults.learn(peer, addr);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(addr.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .connect_with_connector_lazy(self.faults.connector(addr));
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            channel: self.channel(target, &node.addr).map_err(|e| e.to_string()),
+            faults: self.faults.clone(),
+            snapshots: self.snapshots.clone(),
+            health: self.health.clone(),
+            stream_failures: 0,
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    channel: Result<Channel, String>,
+    faults: Faults,
+    snapshots: Arc<Snapshots>,
+    health: Arc<Health>,
+    /// Replication streams that failed to open in a row: openraft reopens one at once, so we
+    /// wait [`retry_delay`] first rather than spin on a peer that is down.
+    stream_failures: u32,
+}
+
+/// The wait before the next attempt after `failures` in a row: 50 ms, doubling to at most 1 s.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << failures.saturating_sub(1).min(5)).min(1000))
+}
+
+fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(msg.into()))
+}
+
+fn malformed(e: Malformed) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(format!("peer sent {e}")))
+}
+
+impl PeerConnection {
+    /// Whether the fault layer sends this RPC twice.
+    fn duplicated(&self) -> bool {
+        self.faults.get(self.target).duplicate
+    }
+
+    /// The client for one RPC, after the fault layer had its say.
+    async fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
+        let fault = self.faults.get(self.target);
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        if fault.drop {
+            return Err(unreachable(format!(
+                "link to node {} is cut (fault layer)",
+                self.target
+            )));
+        }
+        let channel = self.channel.clone().map_err(unreachable)?;
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+}
+
+fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(option.soft_ttl());
+    req
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let sent = async {
+            let mut client = self.client().await?;
+            if self.duplicated() {
+                let _ = client.append(request(append_request_to_pb(&rpc), &option)).await;
+            }
+            let resp = client
+                .append(request(append_request_to_pb(&rpc), &option))
+                .await
+                .map_err(status_to_rpc)?
+                .into_inner();
+            append_response_from_pb(resp).map_err(malformed)
+        };
+        self.health.observe(self.target, sent.await)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        async move {
+            if self.stream_failures > 0 {
+                tokio::time::sleep(retry_delay(self.stream_failures)).await;
+            }
+            let opened = async {
+                let mut client = self.client().await?;
+                let requests = input.map(|rpc| append_request_to_pb(&rpc));
+                client.stream_append(requests).await.map_err(status_to_rpc)
+            }
+            .await;
+            let responses = match self.health.observe(self.target, opened) {
+                Ok(responses) => {
+                    self.stream_failures = 0;
+                    responses.into_inner()
+                }
+                Err(e) => {
+                    self.stream_failures = self.stream_failures.saturating_add(1);
+                    return Err(e);
+                }
+            };
+            let results = responses.map(|item| match item {
+                Ok(resp) => stream_result_from_pb(resp).map_err(malformed),
+                Err(status) => Err(status_to_rpc(status)),
+            });
+            Ok(results.boxed())
+        }
+        .boxed()
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let sent = async {
+            let mut client = self.client().await?;
+            if self.duplicated() {
+                let _ = client.vote(request(vote_request_to_pb(&rpc), &option)).await;
+            }
+            let resp = client
+                .vote(request(vote_request_to_pb(&rpc), &option))
+                .await
+                .map_err(status_to_rpc)?;
+            vote_response_from_pb(resp.into_inner()).map_err(malformed)
+        };
+        self.health.observe(self.target, sent.await)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let sent = async {
+            let mut client = self.client().await?;
+            let resp = client
+                .pre_vote(request(vote_request_to_pb(&rpc), &option))
+                .await
+                .map_err(status_to_rpc)?;
+            vote_response_from_pb(resp.into_inner()).map_err(malformed)
+        };
+        self.health.observe(self.target, sent.await)
+    }
+
+    /// Streams the snapshot file to the peer (`snapshot::send`: resumable, checksummed chunks
+    /// in a window), then waits for it to verify and install the file.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let client = self.client().await?;
+        let send = crate::snapshot::send(client, self.target, &self.snapshots, vote, snapshot);
+        let resp = tokio::select! {
+            resp = send => resp?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        self.snapshots.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // An unreachable peer is retried at 50 ms, doubling to at most 1 s.
+        let delays = (1..).map(retry_delay);
+        Some(Backoff::new(delays))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client().await?;
+        let msg = pb::TransferLeaderRequest {
+            from_leader: Some(vote_to_pb(req.from_leader())),
+            to: *req.to_node_id(),
+            last_log_id: opt_log_id_to_pb(req.last_log_id()),
+        };
+        let resp = client
+            .transfer_leader(request(msg, &option))
+            .await
+            .map_err(status_to_rpc)?;
+        let refused = resp.into_inner().refused;
+        if refused.is_empty() {
+            Ok(Ok(()))
+        } else {
+            Err(RPCError::Network(NetworkError::from_string(format!(
+                "transfer refused: {refused}"
+            ))))
+        }
+    }
+}

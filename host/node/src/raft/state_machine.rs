@@ -1,0 +1,150 @@
+//! openraft's state machine over the core (`sm::Machine`) and the snapshot files (`snapshot`):
+//! apply calls go to the core; a snapshot build is captured between two apply calls and run on
+//! openraft's task; an install stages and switches (`snapshot::install`).
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use tracing::warn;
+use wasmraft_runtime::Runtime;
+use wasmraft_store::Store;
+
+use crate::sm::{Machine, Shared};
+use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, Snapshots};
+use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::util::{blocking, io_err, lock};
+
+/// openraft's state machine.
+pub struct StateMachine {
+    core: Machine,
+    snapshots: Arc<Snapshots>,
+}
+
+impl StateMachine {
+    /// Opens the state machine on `store`: what was applied, the active plugins, and the snapshot
+    /// directory (cleared of temp files a crash left).
+    pub fn open(store: Store, runtime: Runtime, settings: SnapshotSettings) -> io::Result<Self> {
+        std::fs::create_dir_all(&settings.dir)?;
+        snapshot::clean(&settings.dir)?;
+        Ok(Self {
+            core: Machine::open(store, runtime)?,
+            snapshots: Arc::new(Snapshots::new(settings)),
+        })
+    }
+
+    /// The active plugins and the state, as queries and the services see them.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.core.shared()
+    }
+
+    /// The snapshot settings and counters.
+    pub fn snapshots(&self) -> Arc<Snapshots> {
+        self.snapshots.clone()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.core.applied(), self.core.membership().clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        // Plugin calls are synchronous CPU work: keep them off the async workers' queue.
+        let replies = blocking(|| self.core.apply_entries(batch))?;
+        for (responder, result) in replies {
+            responder.send(result);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            job: Mutex::new(Some(BuildJob::capture(&self.core, &self.snapshots.settings))),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        blocking(|| snapshot::install(&mut self.core, &self.snapshots, meta, snapshot))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
+        let Some(file) = snapshot::current(&self.snapshots.settings.dir)? else {
+            return Ok(None);
+        };
+        let header = match snapshot::read_header(&file.path) {
+            Ok(header) => header,
+            Err(e) => {
+                warn!(path = %file.path.display(), "ignoring unreadable snapshot: {e}");
+                return Ok(None);
+            }
+        };
+        Ok(Some(Snapshot {
+            meta: snapshot::meta_of(&header)?,
+            snapshot: file,
+        }))
+    }
+}
+
+/// A snapshot build, captured by `get_snapshot_builder` and run by openraft on a
+/// task of its own.
+pub struct SnapshotBuilder {
+    /// In a mutex only because openraft wants a `Sync` builder (plugin instances are not).
+    job: Mutex<Option<BuildJob>>,
+    snapshots: Arc<Snapshots>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotFile>, io::Error> {
+        let job = lock(&self.job).take().ok_or_else(|| io_err("snapshot already built"))?;
+        let header = job.header.clone();
+        let stats = &self.snapshots.stats;
+        stats.building.store(true, Ordering::Relaxed);
+        let built = tokio::task::spawn_blocking(move || snapshot::build(job)).await;
+        stats.building.store(false, Ordering::Relaxed);
+        let built = built.map_err(io_err)?;
+        match built {
+            Ok(built) => {
+                stats.built.fetch_add(1, Ordering::Relaxed);
+                stats.record(Phase::Build, built.stats);
+                Ok(Snapshot {
+                    meta: snapshot::meta_of(&header)?,
+                    snapshot: built.file,
+                })
+            }
+            Err(e) => {
+                // openraft treats a failed build as a storage fault and stops the node. A plugin
+                // whose snapshot export fails must not take the node down: hand back a snapshot
+                // of nothing (no log id), which openraft ignores as not newer than what it has.
+                tracing::error!("snapshot build failed (the node goes on without it): {e}");
+                stats.build_failed(e.to_string());
+                Ok(Snapshot {
+                    meta: SnapshotMeta {
+                        last_log_id: None,
+                        last_membership: StoredMembership::default(),
+                    },
+                    snapshot: SnapshotFile {
+                        path: self.snapshots.settings.dir.join("failed-build"),
+                        size: 0,
+                        verified: false,
+                    },
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The replicated state machine's core: committed entries go to plugins through the runtime
+//! (one `apply` crossing per run of calls to one plugin); control entries upload components
+//! (`uploads`) and activate them (`registry`); everything an apply call did lands in RocksDB with
+//! the applied log id and the state digest in one write. openraft's traits are implemented over
+//! it in `raft::state_machine`; snapshots read and replace it through `snapshot`.
+//!
+//! Invariant: the stored applied log id always matches the effects stored with it (control
+//! entries flush what came before them first), so replay after a crash is exact.
+
+mod backend;
+mod digest;
+mod engine;
+mod registry;
+mod uploads;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use openraft::storage::EntryResponder;
+use prost::Message;
+use tracing::{info, warn};
+use wasmraft_runtime::{Entry as PluginEntry, Runtime};
+use wasmraft_store::Store;
+
+pub(crate) use backend::{Pending, SharedPending, Staging, StagingBackend, ViewBackend};
+pub(crate) use digest::state_digest_hex;
+pub use engine::BUILTINS;
+pub(crate) use engine::{BUILTIN_PREFIX, Engine, builtin_name, missing_builtin};
+pub(crate) use registry::{ActivePlugin, Shared, component_key};
+pub(crate) use uploads::UPLOADS;
+
+use crate::pb::{self, command, command_result};
+use crate::types::{LogId, StoredMembership, TypeConfig};
+use crate::util::{io_err, lock};
+use crate::wire::{decode, log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
+
+pub(crate) const APPLIED: &str = "applied";
+pub(crate) const MEMBERSHIP: &str = "membership";
+pub(crate) const REGISTRY: &str = "registry";
+pub(crate) const DIGEST: &str = "digest";
+
+/// The state machine's core: what it has applied, and the writes of the apply call in progress.
+pub struct Machine {
+    shared: Arc<Shared>,
+    pending: SharedPending,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Chain over every command entry's (index, result).
+    results_digest: [u8; 32],
+}
+
+fn rejected(message: impl Into<String>) -> pb::CommandResult {
+    pb::CommandResult {
+        kind: Some(command_result::Kind::Rejected(message.into())),
+    }
+}
+
+fn ack() -> pb::CommandResult {
+    pb::CommandResult {
+        kind: Some(command_result::Kind::Ack(pb::Ack {})),
+    }
+}
+
+/// What an apply call answers: one result per command entry, with whoever waits for it.
+pub(crate) type Replies = Vec<(openraft::storage::ApplyResponder<TypeConfig>, pb::CommandResult)>;
+
+impl Machine {
+    /// Opens the state machine on `store`: reads what was applied and re-creates the active
+    /// plugins from their stored components.
+    pub fn open(store: Store, runtime: Runtime) -> io::Result<Self> {
+        let applied = match store.sm_meta_get(APPLIED).map_err(io_err)? {
+            Some(bytes) => Some(log_id_from_pb(
+                &decode::<pb::LogId>(&bytes, "applied log id").map_err(io_err)?,
+            )),
+            None => None,
+        };
+        let membership = match store.sm_meta_get(MEMBERSHIP).map_err(io_err)? {
+            Some(bytes) => stored_membership_from_pb(&decode(&bytes, "membership").map_err(io_err)?).map_err(io_err)?,
+            None => StoredMembership::default(),
+        };
+        let (results_digest, writes_digest) = match store.sm_meta_get(DIGEST).map_err(io_err)? {
+            Some(bytes) => digest::split(&bytes)?,
+            None => ([0; 32], [0; 32]),
+        };
+        let pending = Arc::new(Mutex::new(Pending::new(&store, writes_digest)));
+        let shared = Arc::new(Shared::new(
+            store,
+            runtime,
+            (
+                applied.map_or(0, |a| a.index),
+                state_digest_hex(&results_digest, &writes_digest),
+            ),
+        ));
+        let sm = Self {
+            shared,
+            pending,
+            applied,
+            membership,
+            results_digest,
+        };
+        sm.load_registry()?;
+        sm.drop_unused_spaces()?;
+        Ok(sm)
+    }
+
+    /// Deletes key spaces no active plugin uses: what a crash in the middle of a snapshot
+    /// install left (the install had not switched to them).
+    fn drop_unused_spaces(&self) -> io::Result<()> {
+        let used: BTreeSet<String> = self.shared.plugins().iter().map(|p| p.space().to_string()).collect();
+        let mut batch = self.shared.store.batch();
+        for space in self.shared.store.spaces().map_err(io_err)? {
+            if !used.contains(&space) {
+                warn!(%space, "deleting a key space no plugin uses (left by an interrupted snapshot install)");
+                batch.clear_space(&space);
+            }
+        }
+        if !batch.is_empty() {
+            self.shared.store.write(batch).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn load_registry(&self) -> io::Result<()> {
+        let registry: pb::Registry = match self.shared.store.sm_meta_get(REGISTRY).map_err(io_err)? {
+            Some(bytes) => decode(&bytes, "plugin registry").map_err(io_err)?,
+            None => pb::Registry::default(),
+        };
+        let mut plugins = BTreeMap::new();
+        for info in registry.plugins {
+            let bytes = if info.sha256.starts_with(BUILTIN_PREFIX) {
+                Vec::new()
+            } else {
+                self.shared
+                    .store
+                    .blob_get(&component_key(&info.sha256))
+                    .map_err(io_err)?
+                    .ok_or_else(|| {
+                        io_err(format!(
+                            "plugin {}: component {} missing from blobs",
+                            info.name, info.sha256
+                        ))
+                    })?
+            };
+            let plugin = ActivePlugin::new(&self.shared, &self.pending, info.clone(), &bytes)
+                .map_err(|e| io_err(format!("plugin {}: {e}", info.name)))?;
+            info!(plugin = %info.name, sha256 = %info.sha256, "plugin loaded");
+            plugins.insert(info.name.clone(), Arc::new(plugin));
+        }
+        self.shared.set_plugins(plugins);
+        Ok(())
+    }
+
+    fn registry(&self) -> pb::Registry {
+        pb::Registry {
+            plugins: self.shared.plugins().iter().map(|p| p.info.clone()).collect(),
+        }
+    }
+
+    /// Writes everything pending with the applied log id, membership and digest, atomically.
+    fn flush(&mut self, registry_changed: bool) -> io::Result<()> {
+        let store = self.shared.store.clone();
+        let mut pending = lock(&self.pending);
+        let mut batch = pending.take_batch(&store);
+        if let Some(applied) = &self.applied {
+            batch.put_meta(APPLIED, &log_id_to_pb(applied).encode_to_vec());
+        }
+        batch.put_meta(MEMBERSHIP, &stored_membership_to_pb(&self.membership).encode_to_vec());
+        let mut digest = self.results_digest.to_vec();
+        digest.extend_from_slice(&pending.writes_digest);
+        batch.put_meta(DIGEST, &digest);
+        if registry_changed {
+            batch.put_meta(REGISTRY, &self.registry().encode_to_vec());
+        }
+        let writes_digest = pending.writes_digest;
+        drop(pending);
+        {
+            let _writing = self.shared.flush_lock.write().unwrap_or_else(|p| p.into_inner());
+            store.write(batch).map_err(io_err)?;
+        }
+        self.publish_digest(&writes_digest);
+        Ok(())
+    }
+
+    /// Shows the digest of what is now stored, with its applied index, to `cluster status`.
+    fn publish_digest(&self, writes_digest: &[u8; 32]) {
+        let hex = state_digest_hex(&self.results_digest, writes_digest);
+        *lock(&self.shared.digest) = (self.applied.map_or(0, |a| a.index), hex);
+    }
+
+    fn fold_result(&mut self, index: u64, result: &pb::CommandResult) {
+        self.results_digest = digest::chain_result(&self.results_digest, index, result);
+    }
+
+    /// Applies entries in order; returns one result per command entry, with its responder.
+    pub(crate) fn apply_entries(&mut self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<Replies> {
+        let mut replies = Vec::new();
+        let mut registry_changed = false;
+        let mut entries = entries.into_iter().peekable();
+        while let Some((entry, responder)) = entries.next() {
+            let log_id = entry.log_id();
+            // The last entry this step covers (a call takes the following calls to its plugin).
+            let mut last = log_id;
+            let results: Vec<(u64, pb::CommandResult, Option<_>)> = match entry.payload {
+                EntryPayload::Blank | EntryPayload::Membership(_) => {
+                    if let EntryPayload::Membership(m) = entry.payload {
+                        self.membership = StoredMembership::new(Some(log_id), m);
+                    }
+                    // Not a command: no result in the digest, but whoever proposed it (a
+                    // membership change) is waiting for the reply.
+                    if let Some(responder) = responder {
+                        replies.push((responder, ack()));
+                    }
+                    Vec::new()
+                }
+                EntryPayload::Normal(command) => {
+                    let timestamp_ms = command.timestamp_ms;
+                    match command.kind {
+                        Some(command::Kind::Call(call)) => {
+                            match self.shared.plugin(&call.plugin) {
+                                None => vec![(
+                                    log_id.index,
+                                    rejected(format!("unknown plugin {:?}", call.plugin)),
+                                    responder,
+                                )],
+                                Some(plugin) => {
+                                    // Take every following call to the same plugin into one apply call.
+                                    let mut batch = vec![(
+                                        PluginEntry {
+                                            index: log_id.index,
+                                            term: log_id.leader_id.term,
+                                            timestamp_ms,
+                                            payload: call.payload.to_vec(),
+                                        },
+                                        responder,
+                                    )];
+                                    while let Some((next, _)) = entries.peek()
+                                        && let EntryPayload::Normal(pb::Command {
+                                            kind: Some(command::Kind::Call(c)),
+                                            ..
+                                        }) = &next.payload
+                                        && c.plugin == call.plugin
+                                    {
+                                        let Some((next, responder)) = entries.next() else { break };
+                                        let next_id = next.log_id();
+                                        let EntryPayload::Normal(pb::Command {
+                                            timestamp_ms,
+                                            kind: Some(command::Kind::Call(c)),
+                                        }) = next.payload
+                                        else {
+                                            unreachable!("peeked a call")
+                                        };
+                                        last = next_id;
+                                        batch.push((
+                                            PluginEntry {
+                                                index: next_id.index,
+                                                term: next_id.leader_id.term,
+                                                timestamp_ms,
+                                                payload: c.payload.to_vec(),
+                                            },
+                                            responder,
+                                        ));
+                                    }
+                                    self.apply_calls(&plugin, batch)?
+                                }
+                            }
+                        }
+                        Some(command::Kind::BlobChunk(chunk)) => {
+                            self.flush(registry_changed)?;
+                            registry_changed = false;
+                            vec![(log_id.index, self.apply_chunk(chunk)?, responder)]
+                        }
+                        Some(command::Kind::Activate(activate)) => {
+                            self.flush(registry_changed)?;
+                            let result = self.apply_activate(log_id.index, activate)?;
+                            registry_changed = matches!(result.kind, Some(command_result::Kind::Activated(_)));
+                            vec![(log_id.index, result, responder)]
+                        }
+                        None => vec![(log_id.index, rejected("empty command"), responder)],
+                    }
+                }
+            };
+            self.applied = Some(last);
+            for (index, result, responder) in results {
+                self.fold_result(index, &result);
+                if let Some(responder) = responder {
+                    replies.push((responder, result));
+                }
+            }
+        }
+        self.flush(registry_changed)?;
+        Ok(replies)
+    }
+
+    /// Runs a group of calls to one plugin through a single `apply` crossing.
+    #[allow(clippy::type_complexity)]
+    fn apply_calls(
+        &mut self,
+        plugin: &ActivePlugin,
+        batch: Vec<(PluginEntry, Option<openraft::storage::ApplyResponder<TypeConfig>>)>,
+    ) -> io::Result<
+        Vec<(
+            u64,
+            pb::CommandResult,
+            Option<openraft::storage::ApplyResponder<TypeConfig>>,
+        )>,
+    > {
+        let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let outcomes = lock(&plugin.apply).apply(entries).map_err(|e| {
+            // A node fault (storage, engine): stop applying rather than record a result.
+            io_err(format!("plugin {}: {e}", plugin.info.name))
+        })?;
+        Ok(outcomes
+            .into_iter()
+            .zip(responders)
+            .map(|(outcome, responder)| {
+                let outcome_pb = match outcome.result {
+                    Ok(bytes) => pb::call_result::Outcome::Ok(bytes),
+                    Err(e) => pb::call_result::Outcome::Error(e.to_string()),
+                };
+                let result = pb::CommandResult {
+                    kind: Some(command_result::Kind::Call(pb::CallResult {
+                        version: plugin.info.sha256.clone(),
+                        outcome: Some(outcome_pb),
+                    })),
+                };
+                (outcome.index, result, responder)
+            })
+            .collect())
+    }
+
+    /// The last applied log id.
+    pub(crate) fn applied(&self) -> Option<LogId> {
+        self.applied
+    }
+
+    pub(crate) fn membership(&self) -> &StoredMembership {
+        &self.membership
+    }
+
+    /// The writes of the apply call in progress (snapshot installs stage beside them).
+    pub(crate) fn pending(&self) -> &SharedPending {
+        &self.pending
+    }
+
+    /// The state digest as stored: the results chain, then the writes chain (64 bytes).
+    pub(crate) fn digest_bytes(&self) -> Vec<u8> {
+        let mut d = self.results_digest.to_vec();
+        d.extend_from_slice(&lock(&self.pending).writes_digest);
+        d
+    }
+
+    /// After a snapshot install switched the stored state: take on what it installed.
+    pub(crate) fn installed(
+        &mut self,
+        applied: Option<LogId>,
+        membership: StoredMembership,
+        digest: &[u8],
+    ) -> io::Result<()> {
+        let (results, writes) = digest::split(digest)?;
+        self.applied = applied;
+        self.membership = membership;
+        self.results_digest = results;
+        lock(&self.pending).writes_digest = writes;
+        self.publish_digest(&writes);
+        Ok(())
+    }
+}

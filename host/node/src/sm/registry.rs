@@ -1,0 +1,230 @@
+//! The active plugins: each name's version (component or built-in) with its apply and query
+//! instances, shared with the query path; and activation, which replaces a name's version at one
+//! log index on every replica.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::info;
+use wasmraft_runtime::{InitContext, KvBackend, PluginError, Runtime, RuntimeError};
+use wasmraft_store::Store;
+
+use super::backend::{ApplyBackend, ReadBackend, SharedPending};
+use super::engine::{BUILTIN_PREFIX, Code, Engine, builtin_name, missing_builtin};
+use super::{Machine, rejected};
+use crate::pb::{self, command_result};
+use crate::util::{io_err, lock};
+
+/// Where a complete component lives in the blobs family.
+pub(crate) fn component_key(sha256: &str) -> String {
+    format!("component/{sha256}")
+}
+
+/// A plugin active under a name: its code, one instance for the apply path, one for queries.
+pub struct ActivePlugin {
+    pub info: pb::RegisteredPlugin,
+    /// The compiled component (or built-in), for more instances (snapshots).
+    code: Code,
+    pub(super) apply: Mutex<Engine>,
+    query: Mutex<Engine>,
+}
+
+impl ActivePlugin {
+    /// Makes the plugin `info` names: a component (`bytes`), or a built-in (`builtin:NAME`), on
+    /// the key space `info.space` (the name when empty).
+    pub(crate) fn new(
+        shared: &Shared,
+        pending: &SharedPending,
+        mut info: pb::RegisteredPlugin,
+        bytes: &[u8],
+    ) -> Result<Self, String> {
+        if info.space.is_empty() {
+            info.space = info.name.clone();
+        }
+        let code = if info.sha256.starts_with(BUILTIN_PREFIX) {
+            builtin(&info.sha256)?
+        } else {
+            Code::Component(shared.runtime.load(bytes).map_err(|e| e.to_string())?)
+        };
+        let apply_backend = {
+            let (store, name, space, pending) = (
+                shared.store.clone(),
+                info.name.clone(),
+                info.space.clone(),
+                pending.clone(),
+            );
+            move || -> Box<dyn KvBackend> {
+                Box::new(ApplyBackend {
+                    store: store.clone(),
+                    name: name.clone(),
+                    space: space.clone(),
+                    pending: pending.clone(),
+                })
+            }
+        };
+        let read_backend = {
+            let (store, space) = (shared.store.clone(), info.space.clone());
+            move || -> Box<dyn KvBackend> {
+                Box::new(ReadBackend {
+                    store: store.clone(),
+                    space: space.clone(),
+                })
+            }
+        };
+        let apply = code.instance(&info.name, Box::new(apply_backend));
+        let query = code.instance(&info.name, Box::new(read_backend));
+        Ok(Self {
+            info,
+            code,
+            apply: Mutex::new(apply),
+            query: Mutex::new(query),
+        })
+    }
+
+    /// The key space holding this plugin's pairs on this node.
+    pub fn space(&self) -> &str {
+        &self.info.space
+    }
+
+    /// Another instance of this plugin version, on its own backend (for snapshots).
+    pub(crate) fn instance(&self, backend: impl Fn() -> Box<dyn KvBackend> + Send + Sync + 'static) -> Engine {
+        self.code.instance(&self.info.name, Box::new(backend))
+    }
+
+    /// Runs a read-only query against what this node has applied.
+    pub fn query(&self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+        lock(&self.query).query(request)
+    }
+}
+
+/// The code of the built-in `sha256` names (`builtin:NAME`), if this node has it.
+fn builtin(sha256: &str) -> Result<Code, String> {
+    match builtin_name(sha256) {
+        #[cfg(feature = "bench-native")]
+        Some("kv-native") => Ok(Code::NativeKv),
+        _ => Err(missing_builtin(sha256)),
+    }
+}
+
+/// State shared between the state machine (inside Raft) and the client API.
+pub struct Shared {
+    pub store: Store,
+    pub runtime: Runtime,
+    plugins: RwLock<BTreeMap<String, Arc<ActivePlugin>>>,
+    /// Written while an apply call's batch lands in RocksDB, read by queries: a query sees the
+    /// state between two apply calls, never half of one.
+    pub(crate) flush_lock: RwLock<()>,
+    /// (applied index, state digest) as of the last write.
+    pub(super) digest: Mutex<(u64, String)>,
+}
+
+impl Shared {
+    pub(super) fn new(store: Store, runtime: Runtime, digest: (u64, String)) -> Self {
+        Self {
+            store,
+            runtime,
+            plugins: RwLock::new(BTreeMap::new()),
+            flush_lock: RwLock::new(()),
+            digest: Mutex::new(digest),
+        }
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<Arc<ActivePlugin>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn plugins(&self) -> Vec<Arc<ActivePlugin>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The applied index and the digest (hex) of every result and write up to it.
+    pub fn state_digest(&self) -> (u64, String) {
+        lock(&self.digest).clone()
+    }
+
+    /// Answers a query under the flush lock, so it sees whole apply calls only.
+    pub fn query(&self, plugin: &ActivePlugin, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+        let _still = self.flush_lock.read().unwrap_or_else(|p| p.into_inner());
+        plugin.query(request)
+    }
+
+    /// Makes `plugin` the active one under its name.
+    pub(super) fn insert_plugin(&self, plugin: Arc<ActivePlugin>) {
+        let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
+        plugins.insert(plugin.info.name.clone(), plugin);
+    }
+
+    pub(crate) fn set_plugins(&self, plugins: BTreeMap<String, Arc<ActivePlugin>>) {
+        *self.plugins.write().unwrap_or_else(|p| p.into_inner()) = plugins;
+    }
+}
+
+impl Machine {
+    pub(super) fn apply_activate(&mut self, index: u64, activate: pb::Activate) -> io::Result<pb::CommandResult> {
+        if let Err(e) = wasmraft_store::check_space(&activate.name) {
+            return Ok(rejected(e.to_string()));
+        }
+        let bytes = if activate.sha256.starts_with(BUILTIN_PREFIX) {
+            Vec::new()
+        } else {
+            match self
+                .shared
+                .store
+                .blob_get(&component_key(&activate.sha256))
+                .map_err(io_err)?
+            {
+                Some(bytes) => bytes,
+                None => {
+                    return Ok(rejected(format!(
+                        "activate: component {} was not uploaded",
+                        activate.sha256
+                    )));
+                }
+            }
+        };
+        let live = self.shared.plugin(&activate.name);
+        let previous = live.as_ref().map(|p| p.info.sha256.clone());
+        let info = pb::RegisteredPlugin {
+            name: activate.name.clone(),
+            sha256: activate.sha256.clone(),
+            size: bytes.len() as u64,
+            activated_index: index,
+            config: activate.config.clone(),
+            // A new version takes over the data where it lies on this node.
+            space: live.map_or_else(|| activate.name.clone(), |p| p.space().to_string()),
+        };
+        let plugin = match ActivePlugin::new(&self.shared, &self.pending, info, &bytes) {
+            Ok(plugin) => plugin,
+            Err(e) => return Ok(rejected(format!("activate {}: {e}", activate.name))),
+        };
+        let ctx = InitContext {
+            previous_version: previous.clone(),
+            config: activate.config.clone(),
+        };
+        let init = lock(&plugin.apply)
+            .init(&ctx)
+            .map_err(|e| io_err(format!("plugin {}: {e}", activate.name)))?;
+        if let Err(e) = init {
+            return Ok(rejected(format!("activate {}: init failed: {e}", activate.name)));
+        }
+        self.shared.insert_plugin(Arc::new(plugin));
+        info!(plugin = %activate.name, sha256 = %activate.sha256, index, "plugin activated");
+        Ok(pb::CommandResult {
+            kind: Some(command_result::Kind::Activated(pb::Activated {
+                name: activate.name,
+                sha256: activate.sha256,
+                previous,
+            })),
+        })
+    }
+}
