@@ -184,7 +184,7 @@ enum PluginCommand {
 /// The log filter unless `RUST_LOG` sets one: warnings, less openraft's per-RPC ones (every failed
 /// heartbeat or append to a peer that is not up yet); the node reports a peer that stays
 /// unreachable past an election timeout itself, once.
-const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=error,openraft::core::heartbeat=error";
+const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=error,openraft::core::heartbeat=error,openraft::engine::handler::replication_handler=error";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -79,7 +79,7 @@ impl NodeInner {
             _ => (LinearizerOption::new(None, false), true),
         };
         let linearizer = self.raft.get_read_linearizer(option).await.map_err(read_error)?;
-        let read = linearizer.read_log_id().log_id().clone();
+        let read = *linearizer.read_log_id().log_id();
         if confirm {
             self.confirm_leadership(&vote).await?;
         }
@@ -131,7 +131,6 @@ impl NodeInner {
             .filter_map(|peer| {
                 let addr = membership.get_node(&peer)?.addr.clone();
                 let channel = self.network.channel(peer, &addr).ok()?;
-                let request = request.clone();
                 Some(async move {
                     let follows = PeerClient::new(channel)
                         .confirm_leader(request)
