@@ -7,21 +7,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar counting `total` operations, labelled `label`.
 pub fn bar(total: u64, label: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)")
-            .expect("valid progress template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
-    bar
+    styled(total, label, "{pos}/{len} ({per_sec}, {eta} left)")
 }
 
 /// A bar counting `total` bytes, labelled `label`.
 pub fn bytes(total: u64, label: &str) -> ProgressBar {
+    styled(total, label, "{bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
+}
+
+/// A bar of `total` with `label` before it and `counts` after it.
+fn styled(total: u64, label: &str, counts: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
+    let template = format!("{{prefix:>12}} [{{bar:30}}] {counts}");
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
+        ProgressStyle::with_template(&template)
             .expect("valid progress template")
             .progress_chars("=> "),
     );

@@ -300,3 +300,70 @@ async fn a_deposed_leader_never_answers_a_lease_read_with_a_stale_value() {
 async fn a_follower_never_serves_a_stale_read_index_from_a_deposed_leader() {
     no_stale_read_across_a_heal(5, false, Consistency::Linearizable).await;
 }
+
+/// A leader that hands leadership over (`transfer-leader`) keeps the quorum acknowledgements its
+/// lease is computed from, while the new leader already commits: a lease read answered from them
+/// would be stale (openraft fixed this upstream, #1747; 0.10.0-alpha.37 refuses reads once a
+/// transfer starts). Here the old leader cannot hear the new term (the others' links to it are
+/// silent, and its own go silent once the transfer happened): a lease read at it must fail, or
+/// see the new value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_handed_over_never_answers_a_lease_read_with_a_stale_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_with_kv(3, dir.path()).await;
+    let silent = LinkFault {
+        silent: true,
+        ..LinkFault::default()
+    };
+    for round in 0..3 {
+        let key: &'static str = format!("handover{round}").leak();
+        let old = leader_seen_by(&nodes[0], |_| true).await;
+        let old_node = nodes.iter().find(|n| n.id() == old).unwrap();
+        let others: Vec<&Node> = nodes.iter().filter(|n| n.id() != old).collect();
+        let (target, third) = (others[0], others[1]);
+        common::call(&mut api(old_node).await, "kv", &put(key, "old"))
+            .await
+            .unwrap();
+        // The others can no longer tell the old leader anything (votes, heartbeats).
+        for other in &others {
+            other.faults().set(old, silent);
+        }
+        api(old_node)
+            .await
+            .transfer_leader(pb::TransferLeaderToRequest { to: target.id() })
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while target.current_leader() != Some(target.id()) {
+            assert!(Instant::now() < deadline, "round {round}: the transfer did not happen");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Nor can it hear their answers from now on.
+        old_node.faults().set(target.id(), silent);
+        old_node.faults().set(third.id(), silent);
+        common::call(&mut api(target).await, "kv", &put(key, "new"))
+            .await
+            .unwrap();
+        let read = common::query(
+            &mut api(old_node).await,
+            "kv",
+            &format!(r#"{{"op":"get","key":"{key}"}}"#),
+            Consistency::Lease,
+        )
+        .await;
+        heal(&nodes);
+        match read {
+            Ok(value) => assert_eq!(
+                value,
+                r#"{"value":"new"}"#,
+                "round {round}: node {old} handed over to {} and then answered a lease read with a stale value",
+                target.id()
+            ),
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "round {round}: {status:?}"),
+        }
+        leader_seen_by(old_node, |leader| leader == target.id()).await;
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
