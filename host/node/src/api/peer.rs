@@ -207,9 +207,6 @@ impl pb::peer_server::Peer for PeerService {
             .into_inner()
             .command
             .ok_or_else(|| Status::invalid_argument("forward without a command"))?;
-        if !self.0.raft.is_leader() {
-            return Err(Status::unavailable("not the leader (leadership moved); retry"));
-        }
         let (index, result) = self.0.propose_local(command).await?;
         let mut resp = Response::new(result);
         resp.metadata_mut().insert("wasmraft-index", index.into());
