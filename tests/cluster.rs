@@ -209,6 +209,32 @@ async fn deploying_an_invalid_component_is_refused_before_it_reaches_the_log() {
     assert_eq!(plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["kv"]);
 }
 
+/// The bench's native baseline is test code: a node built without `--features bench` does not
+/// link it, and refuses to activate it with a reason, before anything reaches the log.
+#[cfg(not(feature = "bench"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_production_node_refuses_the_bench_only_native_plugin() {
+    let cluster = Cluster::start_with_kv(1).await;
+    let out = cluster
+        .cli(&["bench", "--compare-native", "--clients", "1", "--ops", "1"])
+        .await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("native-kv") && stderr(&out).contains("--features bench"),
+        "{}",
+        stderr(&out)
+    );
+    let plugins = cluster.nodes[0]
+        .api()
+        .await
+        .list_plugins(pb::ListPluginsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    assert_eq!(plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["kv"]);
+}
+
 /// Issue 4's promise end to end: the Python port of kv, deployed to a 3-node cluster, serves
 /// writes and reads, and the replicas agree.
 #[tokio::test(flavor = "multi_thread")]
