@@ -27,14 +27,16 @@ const PURGED: &str = "purged";
 /// The raft log and vote of one node.
 pub struct LogStore {
     store: Store,
-    syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// Appends waiting for the sync thread; `None` once dropping.
+    syncer: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    sync_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogStore {
     pub fn new(store: Store) -> Self {
         let (syncer, pending) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let sync_store = store.clone();
-        std::thread::Builder::new()
+        let sync_thread = std::thread::Builder::new()
             .name("wasmraft-log-sync".into())
             .spawn(move || {
                 // Every callback taken before a sync is covered by it: the WAL is sequential.
@@ -48,7 +50,23 @@ impl LogStore {
                 }
             })
             .expect("spawning the log sync thread");
-        Self { store, syncer }
+        Self {
+            store,
+            syncer: Some(syncer),
+            sync_thread: Some(sync_thread),
+        }
+    }
+}
+
+impl Drop for LogStore {
+    /// Closes the sync thread's queue and waits for it to sync what is queued and let go of its
+    /// store handle: a database must never be closed by a detached thread, or a process exiting
+    /// meanwhile aborts inside RocksDB ("pthread lock: Invalid argument", seen once in CI).
+    fn drop(&mut self) {
+        self.syncer.take();
+        if let Some(thread) = self.sync_thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -184,7 +202,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Err(io_err(&e)));
             return Err(e);
         }
-        if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {
+        let Some(syncer) = &self.syncer else {
+            callback.io_completed(Err(io_err("the log store is closing")));
+            return Ok(());
+        };
+        if let Err(mpsc::SendError(callback)) = syncer.send(callback) {
             callback.io_completed(Err(io_err("log sync thread stopped")));
         }
         Ok(())
