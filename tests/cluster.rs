@@ -190,14 +190,8 @@ async fn no_leader_yet_is_a_clear_unavailable_error() {
     assert!(err.message().contains("no leader"), "{}", err.message());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn deploying_an_invalid_component_is_refused_before_it_reaches_the_log() {
-    let cluster = Cluster::start_with_kv(1).await;
-    let junk = cluster.dir.path().join("junk.wasm");
-    std::fs::write(&junk, b"\0asm not really").unwrap();
-    let out = cluster.cli(&["deploy", "junk", junk.to_str().unwrap()]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not a valid plugin"), "{}", stderr(&out));
+/// The names of the plugins active on the cluster's first node.
+async fn active_plugins(cluster: &Cluster) -> Vec<String> {
     let plugins = cluster.nodes[0]
         .api()
         .await
@@ -206,7 +200,18 @@ async fn deploying_an_invalid_component_is_refused_before_it_reaches_the_log() {
         .unwrap()
         .into_inner()
         .plugins;
-    assert_eq!(plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["kv"]);
+    plugins.into_iter().map(|p| p.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploying_an_invalid_component_is_refused_before_it_reaches_the_log() {
+    let cluster = Cluster::start_with_kv(1).await;
+    let junk = cluster.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let out = cluster.cli(&["deploy", "junk", junk.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a valid plugin"), "{}", stderr(&out));
+    assert_eq!(active_plugins(&cluster).await, ["kv"]);
 }
 
 /// The bench's native baseline is test code: a node built without `--features bench` does not
@@ -224,15 +229,7 @@ async fn a_production_node_refuses_the_bench_only_native_plugin() {
         "{}",
         stderr(&out)
     );
-    let plugins = cluster.nodes[0]
-        .api()
-        .await
-        .list_plugins(pb::ListPluginsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .plugins;
-    assert_eq!(plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["kv"]);
+    assert_eq!(active_plugins(&cluster).await, ["kv"]);
 }
 
 /// Issue 4's promise end to end: the Python port of kv, deployed to a 3-node cluster, serves
