@@ -225,7 +225,7 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<pb::ConfirmLeaderResponse>, Status> {
         let vote = vote_from_pb(req.get_ref().vote.as_ref()).map_err(bad)?;
         Ok(Response::new(pb::ConfirmLeaderResponse {
-            follows: self.0.follows(&vote),
+            follows: self.0.follows(&vote).await,
         }))
     }
 }

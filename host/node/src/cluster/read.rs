@@ -101,9 +101,10 @@ impl NodeInner {
     }
 
     /// Whether this node's vote is exactly `vote` (it follows, or is, that leader of that term).
-    pub fn follows(&self, vote: &Vote) -> bool {
-        let mine = self.raft.metrics().borrow_watched().vote;
-        mine.committed && mine == *vote
+    /// Read from Raft's own state, in order with the votes it grants (metrics may lag a grant).
+    pub async fn follows(&self, vote: &Vote) -> bool {
+        let mine = self.raft.with_raft_state(|state| *state.vote_ref()).await;
+        mine.is_ok_and(|mine| mine.committed && mine == *vote)
     }
 
     /// Proves that this node still leads with `vote`: every voter configuration (two during a
