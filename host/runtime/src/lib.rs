@@ -30,6 +30,7 @@
 mod backend;
 mod bindings;
 pub mod conformance;
+mod entry;
 mod error;
 mod host;
 pub mod limits;
@@ -37,8 +38,9 @@ mod plugin;
 mod runtime;
 
 pub use backend::{BackendError, KvBackend, MemoryBackend, Pair, WriteSet};
+pub use entry::{Entry, EntryOutcome};
 pub use error::{LoadError, PluginError, RuntimeError};
 pub use host::kv::MAX_SCAN_PAIRS;
 pub use limits::{LimitExceeded, Limits};
-pub use plugin::{Entry, EntryOutcome, InitContext, Plugin, PluginStats};
+pub use plugin::{InitContext, Plugin, PluginStats};
 pub use runtime::{PluginCode, Runtime, RuntimeConfig};

@@ -6,32 +6,13 @@ use wasmtime::{Store, Trap};
 
 use crate::backend::{KvBackend, MemoryBackend};
 use crate::bindings::{self, StateMachine};
+use crate::entry::{Entry, EntryOutcome};
 use crate::error::{HostAbort, PluginError, RuntimeError};
 use crate::host::entries::{check_output, record};
 use crate::host::wasi::DeterministicWasi;
 use crate::host::{HostState, Mode};
 use crate::limits::LimitExceeded;
 use crate::runtime::{PluginCode, store_with};
-
-/// A committed log entry, as the plugin receives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub index: u64,
-    pub term: u64,
-    /// Leader-assigned proposal time (ms since the Unix epoch), stored in the log entry.
-    pub timestamp_ms: u64,
-    pub payload: Vec<u8>,
-}
-
-/// The replicated outcome of one entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryOutcome {
-    pub index: u64,
-    /// `Ok` bytes for the client, or the deterministic failure (the entry's writes rolled back).
-    pub result: Result<Vec<u8>, PluginError>,
-    /// Fuel the entry used: deterministic, reported for tuning limits. Not part of the result.
-    pub fuel_used: u64,
-}
 
 /// What `init` is told about the activation.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -67,6 +48,14 @@ pub struct Plugin {
     instantiations: u64,
     /// Fuel left when the last failed call stopped (its store is gone by then).
     fuel_left_at_failure: u64,
+}
+
+impl PluginCode {
+    /// A plugin of this code over `backend`, named `name` in logs. The wasm instance itself is
+    /// created by the first call (and again after a trap), so this cannot fail.
+    pub fn instantiate(&self, name: &str, backend: Box<dyn crate::KvBackend>) -> Plugin {
+        Plugin::new(self.clone(), name, backend)
+    }
 }
 
 impl Plugin {

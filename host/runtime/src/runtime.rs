@@ -13,7 +13,6 @@ use crate::bindings::{self, StateMachinePre};
 use crate::error::{LoadError, RuntimeError};
 use crate::host::{self, HostState};
 use crate::limits::Limits;
-use crate::plugin::Plugin;
 
 /// How to build a [`Runtime`].
 #[derive(Debug, Clone, Default)]
@@ -77,12 +76,6 @@ impl PluginCode {
     /// Whether the compiled code came from the cache rather than a compilation.
     pub fn from_cache(&self) -> bool {
         self.inner.from_cache
-    }
-
-    /// A plugin of this code over `backend`, named `name` in logs. The wasm instance itself is
-    /// created by the first call (and again after a trap), so this cannot fail.
-    pub fn instantiate(&self, name: &str, backend: Box<dyn crate::KvBackend>) -> Plugin {
-        Plugin::new(self.clone(), name, backend)
     }
 }
 

@@ -7,10 +7,10 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::Linker;
 
 use crate::bindings::Entry as WitEntry;
+use crate::entry::EntryOutcome;
 use crate::error::{HostAbort, PluginError};
 use crate::host::{HostState, Mode};
 use crate::limits::LimitExceeded;
-use crate::plugin::EntryOutcome;
 
 const INTERFACE: &str = "wasmraft:plugin/entries@0.1.0";
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 
 use crate::backend::{KvBackend, WriteSet};
+use crate::entry::{Entry, EntryOutcome};
 use crate::error::HostAbort;
 use crate::limits::{LimitExceeded, Limits};
-use crate::plugin::{Entry, EntryOutcome};
 
 pub(crate) mod entries;
 pub(crate) mod kv;
