@@ -24,7 +24,7 @@ use tonic::Status;
 
 use super::{LEADER_WAIT, NodeInner, no_leader};
 use crate::pb::{self, peer_client::PeerClient};
-use crate::types::{LogId, NodeId, Vote};
+use crate::types::{LogId, NodeId, TypeConfig, Vote};
 use crate::wire::{log_id_to_pb, vote_to_pb};
 
 /// How long a follower waits to apply up to a read index it got from the leader.
@@ -174,7 +174,7 @@ fn not_leading(leader: &Option<NodeId>) -> Status {
     }
 }
 
-fn read_error(e: RaftError<crate::types::TypeConfig, LinearizableReadError<crate::types::TypeConfig>>) -> Status {
+fn read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Status {
     match e {
         RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)) => match forward.leader_id {
             Some(leader) => not_leading(&Some(leader)),
