@@ -159,11 +159,13 @@ struct Read {
     result: Result<String, tonic::Status>,
 }
 
-/// Reads `key` at `node` back to back until `stop` is set, each read waiting at most 5 s.
+/// Reads `key` at `node` back to back (`backoff` after a failed read) until `stop` is set, each
+/// read waiting at most 5 s.
 fn keep_reading(
     node: &Node,
     key: &'static str,
     consistency: Consistency,
+    backoff: Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<Read>> {
     let addr = node.addr().to_string();
@@ -186,7 +188,7 @@ fn keep_reading(
             reads.push(Read { started, result });
             if failed {
                 // A refused read comes back at once: back off as a client would.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(backoff).await;
             }
         }
         reads
@@ -246,7 +248,7 @@ async fn no_stale_read_across_a_heal(n: u64, reader_is_old_leader: bool, consist
             .unwrap();
 
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reads = keep_reading(reader, key, consistency, stop.clone());
+        let reads = keep_reading(reader, key, consistency, Duration::from_millis(50), stop.clone());
         // Let reads queue on the old leader, which cannot reach a quorum, then heal inside
         // their wait (a leader lease, 600 ms here).
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -365,5 +367,143 @@ async fn a_leader_that_handed_over_never_answers_a_lease_read_with_a_stale_value
     }
     for node in nodes {
         node.shutdown().await.unwrap();
+    }
+}
+
+/// Issue 18's root cause, on a targeted schedule. openraft (0.10.0-alpha.37) matches a
+/// replication reply to the requests in flight by log id alone (`InflightAppendQueue::drain_acked`)
+/// and credits the follower with the send time of the newest request that log id covers. A reply
+/// that left a follower before the cut can therefore be taken as the ack of an entry-less request
+/// the cut-off leader sent after the heal: the leader then counts a quorum that acked it "after"
+/// a read arrived (or a lease that is not there), and answers the read from its old state.
+///
+/// The schedule: the leader writes three entries while the followers' replies are held (replies
+/// in flight as the cut begins); the cut goes silent both ways; the majority elects a new leader,
+/// which acknowledges `key = new`; reads run at the old leader; its own links heal paced, a few
+/// bytes at a time as after a TCP retransmission timeout, so the first held reply commits an
+/// entry (which sends an entry-less request carrying the commit) before the last held reply, for
+/// the same log id, arrives. The others' links to the old leader stay silent, so it learns of the
+/// new term only from those replies. Every read must fail (retryably) or return `new`.
+async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_with_kv(3, dir.path()).await;
+    for round in 0..3 {
+        let key: &'static str = format!("held{round}").leak();
+        let old = leader_seen_by(&nodes[0], |_| true).await;
+        let old_node = nodes.iter().find(|n| n.id() == old).unwrap();
+        let followers: Vec<&Node> = nodes.iter().filter(|n| n.id() != old).collect();
+        common::call(&mut api(old_node).await, "kv", &put(key, "old"))
+            .await
+            .unwrap();
+        // Every follower holds the leader's log, so replication to each is pipelined (not
+        // probing, which would wait for a reply before sending more).
+        let synced = old_node.last_log_id();
+        for follower in &followers {
+            let what = format!("round {round}, before the cut");
+            wait_for_last_log(follower, |last| last == synced, &what).await;
+        }
+
+        let deaf = LinkFault {
+            deaf: true,
+            ..LinkFault::default()
+        };
+        for follower in &followers {
+            old_node.faults().set(follower.id(), deaf);
+        }
+        // Three entries, one request each: every follower appends one before the next is written.
+        let mut pending = Vec::new();
+        for i in 0..3 {
+            let before = old_node.last_log_id();
+            let mut client = api(old_node).await;
+            let payload = put(&format!("{key}-w{i}"), "x");
+            pending.push(tokio::spawn(
+                async move { common::call(&mut client, "kv", &payload).await },
+            ));
+            let what = format!("round {round}, write {i} at leader {old} (after {before:?})");
+            let last = wait_for_last_log(old_node, |last| last > before, &what).await;
+            for follower in &followers {
+                wait_for_last_log(follower, |id| id == last, &what).await;
+            }
+        }
+
+        silence(&nodes, &[old]);
+        let new = leader_seen_by(followers[0], |leader| leader != old).await;
+        let new_node = nodes.iter().find(|n| n.id() == new).unwrap();
+        let acked = Instant::now();
+        common::call(&mut api(new_node).await, "kv", &put(key, "new"))
+            .await
+            .unwrap();
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = keep_reading(old_node, key, consistency, Duration::from_millis(2), stop.clone());
+        // A linearizable read has to be waiting on the old leader before the replies come in;
+        // nothing observable marks that, so give it a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let paced = LinkFault {
+            pace: Duration::from_millis(5),
+            ..LinkFault::default()
+        };
+        for follower in &followers {
+            old_node.faults().set(follower.id(), paced);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while old_node.current_term() < new_node.current_term() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: node {old} never heard of term {}",
+                new_node.current_term()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads = reads.await.unwrap();
+        heal(&nodes);
+        for read in &reads {
+            assert!(read.started > acked);
+            match &read.result {
+                Ok(value) => assert_eq!(
+                    value, r#"{"value":"new"}"#,
+                    "round {round}: node {old}, deposed by {new}, answered a {consistency:?} read with a stale value: {reads:#?}"
+                ),
+                Err(status) => assert!(
+                    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+                    "round {round}: a failed read must be retryable: {status:?}"
+                ),
+            }
+        }
+        leader_seen_by(old_node, |leader| leader == new).await;
+        for write in pending {
+            let _ = write.await;
+        }
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leader_never_counts_a_reply_from_before_the_cut_as_a_fresh_ack() {
+    no_stale_read_from_replies_held_across_a_cut(Consistency::Linearizable).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leader_never_renews_its_lease_from_a_reply_from_before_the_cut() {
+    no_stale_read_from_replies_held_across_a_cut(Consistency::Lease).await;
+}
+
+/// `node`'s last log id (term, index), once it satisfies `ok`.
+async fn wait_for_last_log(node: &Node, ok: impl Fn((u64, u64)) -> bool, what: &str) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = node.last_log_id();
+        if ok(last) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: node {} stayed at {last:?}",
+            node.id()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -178,6 +178,13 @@ impl Node {
         self.inner.raft.metrics().borrow_watched().current_term
     }
 
+    /// The last entry in this node's log as (term, index); (0, 0) when it is empty. Two nodes
+    /// with the same last entry hold the same log.
+    pub fn last_log_id(&self) -> (u64, u64) {
+        let last = self.inner.raft.data_metrics().borrow_watched().last_log;
+        last.map_or((0, 0), |id| (id.leader_id.term, id.index))
+    }
+
     /// Commits an empty entry (this node must lead): proves it can reach a quorum.
     pub async fn commit_blank(&self) -> Result<u64, String> {
         self.inner

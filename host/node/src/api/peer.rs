@@ -56,20 +56,20 @@ impl pb::peer_server::Peer for PeerService {
         req: Request<Streaming<pb::AppendRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         use pb::append_response::Result as R;
-        // A malformed or failed request ends the input: openraft sees the stream close and retries.
+        // A malformed or failed request ends the input (the leader sees the stream close and
+        // retries): it is never skipped, since the leader pairs each reply with its request.
         let input = req
             .into_inner()
-            .take_while(|item| futures::future::ready(item.is_ok()))
-            .filter_map(|item| async move {
-                match item.ok().map(append_request_from_pb) {
-                    Some(Ok(rpc)) => Some(rpc),
-                    Some(Err(e)) => {
-                        warn!("stream append: {e}");
-                        None
-                    }
-                    None => None,
+            .map(|item| match item.map(append_request_from_pb) {
+                Ok(Ok(rpc)) => Some(rpc),
+                Ok(Err(e)) => {
+                    warn!("stream append: {e}");
+                    None
                 }
-            });
+                Err(_) => None,
+            })
+            .take_while(|rpc| futures::future::ready(rpc.is_some()))
+            .filter_map(futures::future::ready);
         let output = self.0.raft.stream_append(input).map(|result| match result {
             Ok(Ok(flushed)) => Ok(append_response(R::Success(pb::Flushed {
                 log_id: opt_log_id_to_pb(flushed.as_ref()),

@@ -2,7 +2,10 @@
 //! (`drop`), wait (`delay`), be sent twice (`duplicate`), or the link can go `silent`, which is
 //! what a firewall that drops packets does: connections stay open, new ones hang, and no byte
 //! moves in either direction until the link heals, when everything held is delivered (as TCP
-//! retransmission would). Empty, and one atomic load per socket poll, unless a test sets a fault.
+//! retransmission would). Two finer faults shape a partition's edges the way real TCP does:
+//! `deaf` holds only the replies (those in flight when a cut begins), and `pace` delivers held
+//! replies a few bytes at a time (a connection's first round trips after a retransmission
+//! timeout). Empty, and one atomic load per socket poll, unless a test sets a fault.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +35,23 @@ pub struct LinkFault {
     /// Hold every byte on this node's connections to the peer, both ways, and hold new
     /// connections, until the link heals (a partition by a packet-dropping firewall).
     pub silent: bool,
+    /// Hold every byte this node's connections to the peer receive (the peer's replies), while
+    /// what this node sends still goes out: replies in flight as a partition begins.
+    pub deaf: bool,
+    /// When not zero, this node's connections to the peer receive at most [`PACED_BYTES`] per
+    /// `pace`: held replies arrive one by one, as after a TCP retransmission timeout.
+    pub pace: Duration,
 }
+
+impl LinkFault {
+    /// Whether this fault acts on the bytes of established connections.
+    fn shapes_streams(&self) -> bool {
+        self.silent || self.deaf || !self.pace.is_zero()
+    }
+}
+
+/// The most a paced connection reads at a time.
+pub const PACED_BYTES: usize = 32;
 
 /// The fault layer between this node and its peers. Empty (no faults) unless a test sets one.
 #[derive(Debug, Clone, Default)]
@@ -45,8 +64,8 @@ struct Inner {
     links: Mutex<HashMap<NodeId, LinkFault>>,
     /// Peer addresses as this node dials them, so a connection finds its link.
     addrs: Mutex<HashMap<String, NodeId>>,
-    /// Whether any link is silent: the only thing a socket poll reads when none is.
-    any_silent: AtomicBool,
+    /// Whether any link shapes its streams: the only thing a socket poll reads when none does.
+    any_shaped: AtomicBool,
     /// Sockets waiting for a silent link to heal.
     waiting: Mutex<Vec<Waker>>,
 }
@@ -79,25 +98,38 @@ impl Faults {
 
     fn changed(&self, links: &HashMap<NodeId, LinkFault>) {
         self.inner
-            .any_silent
-            .store(links.values().any(|f| f.silent), Ordering::SeqCst);
+            .any_shaped
+            .store(links.values().any(LinkFault::shapes_streams), Ordering::SeqCst);
         for waker in lock(&self.inner.waiting).drain(..) {
             waker.wake();
         }
     }
 
-    /// Whether the link to `addr` is silent now; if it is, `cx` is woken when links change.
-    fn silent(&self, addr: &str, cx: &mut Context<'_>) -> bool {
-        if !self.inner.any_silent.load(Ordering::SeqCst) {
-            return false;
+    /// The fault on the link to `addr` now, if it shapes streams.
+    fn shaping(&self, addr: &str) -> Option<LinkFault> {
+        if !self.inner.any_shaped.load(Ordering::SeqCst) {
+            return None;
         }
         let links = lock(&self.inner.links);
         let peer = lock(&self.inner.addrs).get(addr).copied();
-        let silent = peer.is_some_and(|p| links.get(&p).is_some_and(|f| f.silent));
-        if silent {
-            lock(&self.inner.waiting).push(cx.waker().clone());
-        }
-        silent
+        peer.and_then(|p| links.get(&p).copied())
+            .filter(LinkFault::shapes_streams)
+    }
+
+    /// Wakes `cx` when the links change.
+    fn wake_on_change(&self, cx: &mut Context<'_>) {
+        lock(&self.inner.waiting).push(cx.waker().clone());
+    }
+
+    /// Pending until the links change: a poll that a fault holds.
+    fn hold<T>(&self, cx: &mut Context<'_>) -> Poll<T> {
+        self.wake_on_change(cx);
+        Poll::Pending
+    }
+
+    /// Whether the link to `addr` is silent now.
+    fn silent(&self, addr: &str) -> bool {
+        self.shaping(addr).is_some_and(|f| f.silent)
     }
 
     /// A tonic connector whose connections go through this fault layer.
@@ -130,8 +162,8 @@ impl tower_service::Service<Uri> for Connector {
         let addr = self.addr.clone();
         Box::pin(async move {
             // A silent link swallows the SYN: wait (the endpoint's connect timeout bounds it).
-            std::future::poll_fn(|cx| match faults.silent(&addr, cx) {
-                true => Poll::Pending,
+            std::future::poll_fn(|cx| match faults.silent(&addr) {
+                true => faults.hold(cx),
                 false => Poll::Ready(()),
             })
             .await;
@@ -146,6 +178,7 @@ impl tower_service::Service<Uri> for Connector {
                 faults,
                 addr,
                 held: Vec::new(),
+                paced_until: None,
             }))
         })
     }
@@ -162,6 +195,8 @@ pub(crate) struct FaultyStream {
     faults: Faults,
     addr: Arc<str>,
     held: Vec<u8>,
+    /// When a paced link lets this connection read next.
+    paced_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl FaultyStream {
@@ -181,20 +216,35 @@ impl FaultyStream {
 impl AsyncRead for FaultyStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.faults.silent(&this.addr, cx) {
-            return Poll::Pending;
+        let Some(fault) = this.faults.shaping(&this.addr) else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        if fault.silent || fault.deaf {
+            return this.faults.hold(cx);
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        if fault.pace.is_zero() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        if let Some(until) = &mut this.paced_until {
+            std::task::ready!(until.as_mut().poll(cx));
+        }
+        let mut chunk = [0u8; PACED_BYTES];
+        let mut small = ReadBuf::new(&mut chunk[..buf.remaining().min(PACED_BYTES)]);
+        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut small))?;
+        buf.put_slice(small.filled());
+        this.paced_until = Some(Box::pin(tokio::time::sleep(fault.pace)));
+        Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for FaultyStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.faults.silent(&this.addr, cx) {
+        if this.faults.silent(&this.addr) {
             if this.held.len() >= HELD_BYTES {
-                return Poll::Pending;
+                return this.faults.hold(cx);
             }
+            this.faults.wake_on_change(cx);
             let n = buf.len().min(HELD_BYTES - this.held.len());
             this.held.extend_from_slice(&buf[..n]);
             return Poll::Ready(Ok(n));
@@ -205,7 +255,8 @@ impl AsyncWrite for FaultyStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.faults.silent(&this.addr, cx) {
+        if this.faults.silent(&this.addr) {
+            this.faults.wake_on_change(cx);
             return Poll::Ready(Ok(()));
         }
         std::task::ready!(this.poll_release(cx))?;
@@ -214,8 +265,8 @@ impl AsyncWrite for FaultyStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.faults.silent(&this.addr, cx) {
-            return Poll::Pending;
+        if this.faults.silent(&this.addr) {
+            return this.faults.hold(cx);
         }
         std::task::ready!(this.poll_release(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)

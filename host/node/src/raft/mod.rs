@@ -1,6 +1,7 @@
 //! openraft, adapted: the log store (with its group-commit sync thread), the state machine
 //! adapter, and the peer network (client side) with its fault layer.
 
+mod ack_gate;
 mod faults;
 mod log_store;
 mod network;

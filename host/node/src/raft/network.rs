@@ -19,6 +19,7 @@ use openraft::raft::{
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use super::ack_gate;
 use super::faults::Faults;
 use crate::pb::{self, peer_client::PeerClient};
 use crate::snapshot::{SnapshotFile, Snapshots};
@@ -226,9 +227,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             if self.stream_failures > 0 {
                 tokio::time::sleep(retry_delay(self.stream_failures)).await;
             }
+            let (requests, replies) = ack_gate::gate(input);
             let opened = async {
                 let mut client = self.client().await?;
-                let requests = input.map(|rpc| append_request_to_pb(&rpc));
+                let requests = requests.map(|rpc| append_request_to_pb(&rpc));
                 client.stream_append(requests).await.map_err(status_to_rpc)
             }
             .await;
@@ -246,7 +248,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 Ok(resp) => stream_result_from_pb(resp).map_err(malformed),
                 Err(status) => Err(status_to_rpc(status)),
             });
-            Ok(results.boxed())
+            Ok(replies.wrap(results).boxed())
         }
         .boxed()
     }
