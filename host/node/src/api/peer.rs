@@ -218,14 +218,4 @@ impl pb::peer_server::Peer for PeerService {
         let read_log_id = self.0.read_index(consistency).await?;
         Ok(Response::new(pb::ReadIndexResponse { read_log_id }))
     }
-
-    async fn confirm_leader(
-        &self,
-        req: Request<pb::ConfirmLeaderRequest>,
-    ) -> Result<Response<pb::ConfirmLeaderResponse>, Status> {
-        let vote = vote_from_pb(req.get_ref().vote.as_ref()).map_err(bad)?;
-        Ok(Response::new(pb::ConfirmLeaderResponse {
-            follows: self.0.follows(&vote).await,
-        }))
-    }
 }
