@@ -377,21 +377,30 @@ async fn a_leader_that_handed_over_never_answers_a_lease_read_with_a_stale_value
 /// the cut-off leader sent after the heal: the leader then counts a quorum that acked it "after"
 /// a read arrived (or a lease that is not there), and answers the read from its old state.
 ///
-/// The schedule: the leader writes three entries while the followers' replies are held (replies
+/// The schedule: the leader writes three entries while the majority's replies are held (replies
 /// in flight as the cut begins); the cut goes silent both ways; the majority elects a new leader,
-/// which acknowledges `key = new`; reads run at the old leader; its own links heal paced, a few
+/// which acknowledges `key = new`; reads run at the old leader (or at a follower cut off with it,
+/// which asks it for the read index); the old leader's links heal paced, a few
 /// bytes at a time as after a TCP retransmission timeout, so the first held reply commits an
 /// entry (which sends an entry-less request carrying the commit) before the last held reply, for
 /// the same log id, arrives. The others' links to the old leader stay silent, so it learns of the
 /// new term only from those replies. Every read must fail (retryably) or return `new`.
-async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) {
+async fn no_stale_read_from_replies_held_across_a_cut(n: u64, reader_is_old_leader: bool, consistency: Consistency) {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = start_with_kv(3, dir.path()).await;
+    let nodes = start_with_kv(n, dir.path()).await;
     for round in 0..3 {
         let key: &'static str = format!("held{round}").leak();
         let old = leader_seen_by(&nodes[0], |_| true).await;
         let old_node = nodes.iter().find(|n| n.id() == old).unwrap();
         let followers: Vec<&Node> = nodes.iter().filter(|n| n.id() != old).collect();
+        // The minority side: the old leader, plus (for a follower read) one follower that keeps
+        // following it and asks it for the read index.
+        let mut isolated = vec![old];
+        if !reader_is_old_leader {
+            isolated.push(followers[0].id());
+        }
+        let reader = nodes.iter().find(|n| n.id() == *isolated.last().unwrap()).unwrap();
+        let majority: Vec<&Node> = nodes.iter().filter(|n| !isolated.contains(&n.id())).collect();
         common::call(&mut api(old_node).await, "kv", &put(key, "old"))
             .await
             .unwrap();
@@ -407,8 +416,8 @@ async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) 
             deaf: true,
             ..LinkFault::default()
         };
-        for follower in &followers {
-            old_node.faults().set(follower.id(), deaf);
+        for node in &majority {
+            old_node.faults().set(node.id(), deaf);
         }
         // Three entries, one request each: every follower appends one before the next is written.
         let mut pending = Vec::new();
@@ -426,8 +435,8 @@ async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) 
             }
         }
 
-        silence(&nodes, &[old]);
-        let new = leader_seen_by(followers[0], |leader| leader != old).await;
+        silence(&nodes, &isolated);
+        let new = leader_seen_by(majority[0], |leader| !isolated.contains(&leader)).await;
         let new_node = nodes.iter().find(|n| n.id() == new).unwrap();
         let acked = Instant::now();
         common::call(&mut api(new_node).await, "kv", &put(key, "new"))
@@ -435,7 +444,7 @@ async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) 
             .unwrap();
 
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reads = keep_reading(old_node, key, consistency, Duration::from_millis(2), stop.clone());
+        let reads = keep_reading(reader, key, consistency, Duration::from_millis(2), stop.clone());
         // A linearizable read has to be waiting on the old leader before the replies come in;
         // nothing observable marks that, so give it a moment.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -443,8 +452,8 @@ async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) 
             pace: Duration::from_millis(5),
             ..LinkFault::default()
         };
-        for follower in &followers {
-            old_node.faults().set(follower.id(), paced);
+        for node in &majority {
+            old_node.faults().set(node.id(), paced);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while old_node.current_term() < new_node.current_term() {
@@ -462,8 +471,10 @@ async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) 
             assert!(read.started > acked);
             match &read.result {
                 Ok(value) => assert_eq!(
-                    value, r#"{"value":"new"}"#,
-                    "round {round}: node {old}, deposed by {new}, answered a {consistency:?} read with a stale value: {reads:#?}"
+                    value,
+                    r#"{"value":"new"}"#,
+                    "round {round}: node {}, reading through node {old} deposed by {new}, answered a {consistency:?} read with a stale value: {reads:#?}",
+                    reader.id()
                 ),
                 Err(status) => assert!(
                     matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
@@ -483,12 +494,17 @@ async fn no_stale_read_from_replies_held_across_a_cut(consistency: Consistency) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deposed_leader_never_counts_a_reply_from_before_the_cut_as_a_fresh_ack() {
-    no_stale_read_from_replies_held_across_a_cut(Consistency::Linearizable).await;
+    no_stale_read_from_replies_held_across_a_cut(3, true, Consistency::Linearizable).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deposed_leader_never_renews_its_lease_from_a_reply_from_before_the_cut() {
-    no_stale_read_from_replies_held_across_a_cut(Consistency::Lease).await;
+    no_stale_read_from_replies_held_across_a_cut(3, true, Consistency::Lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_never_gets_a_read_index_from_a_reply_from_before_the_cut() {
+    no_stale_read_from_replies_held_across_a_cut(5, false, Consistency::Linearizable).await;
 }
 
 /// `node`'s last log id (term, index), once it satisfies `ok`.
