@@ -110,14 +110,21 @@ pub async fn query(
     }
 }
 
-/// Uploads and activates a component; returns (sha256, activation index).
+/// A deploy's outcome: the component's sha256, its activation index, and each voter's compile.
+pub struct Deployed {
+    pub sha256: String,
+    pub index: u64,
+    pub compiles: Vec<pb::NodeCompile>,
+}
+
+/// Uploads and activates a component, reporting each progress message to `on_progress`.
 pub async fn deploy_bytes(
     client: &mut ApiClient<Channel>,
     name: &str,
     bytes: Vec<u8>,
     config: Vec<u8>,
-    mut on_progress: impl FnMut(u64, u64),
-) -> Result<(String, u64), tonic::Status> {
+    mut on_progress: impl FnMut(&pb::DeployProgress),
+) -> Result<Deployed, tonic::Status> {
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let start = pb::DeployRequest {
         part: Some(pb::deploy_request::Part::Start(pb::DeployStart {
@@ -136,15 +143,32 @@ pub async fn deploy_bytes(
     let requests = futures::stream::iter(std::iter::once(start).chain(pieces));
     let mut progress = client.deploy(requests).await?.into_inner();
     let mut activated = None;
+    let mut compiles = Vec::new();
     while let Some(msg) = progress.next().await {
         let msg = msg?;
-        on_progress(msg.committed_bytes, msg.total_bytes);
+        on_progress(&msg);
+        if !msg.compiles.is_empty() {
+            compiles = msg.compiles;
+        }
         if let Some(index) = msg.activated_index {
             activated = Some(index);
         }
     }
     let index = activated.ok_or_else(|| tonic::Status::internal("deploy ended without an activation"))?;
-    Ok((sha256, index))
+    Ok(Deployed {
+        sha256,
+        index,
+        compiles,
+    })
+}
+
+/// One voter's compile, as a deploy reports it: "node 2 ready (cached)", "node 3 compiling".
+fn compile_state(c: &pb::NodeCompile) -> String {
+    match c.state.as_str() {
+        "ready" if c.from_cache => format!("node {} ready (cached)", c.node),
+        "ready" => format!("node {} ready ({:.1} s)", c.node, c.compile_ms as f64 / 1000.0),
+        state => format!("node {} {state}", c.node),
+    }
 }
 
 /// Activates a built-in of the node (e.g. `kv-native`) under `name`.
@@ -174,13 +198,24 @@ pub async fn deploy(endpoint: &str, name: String, file: &Path, config: Vec<u8>) 
     let mut client = connect(endpoint).await?;
     let started = Instant::now();
     let progress = crate::progress::bytes(bytes.len() as u64, &format!("deploy {name}"));
-    let result = deploy_bytes(&mut client, &name, bytes, config, |done, _| progress.set_position(done)).await;
+    let result = deploy_bytes(&mut client, &name, bytes, config, |msg| {
+        progress.set_position(msg.committed_bytes);
+        if !msg.compiles.is_empty() {
+            let states: Vec<String> = msg.compiles.iter().map(compile_state).collect();
+            progress.set_message(format!("compiling: {}", states.join(", ")));
+        }
+    })
+    .await;
     progress.finish_and_clear();
     match result {
-        Ok((sha256, index)) => {
+        Ok(deployed) => {
             println!("deployed {name}");
-            println!("  sha256      {sha256}");
-            println!("  activated   at log index {index}");
+            println!("  sha256      {}", deployed.sha256);
+            println!("  activated   at log index {}", deployed.index);
+            if !deployed.compiles.is_empty() {
+                let states: Vec<String> = deployed.compiles.iter().map(compile_state).collect();
+                println!("  compiled    {}", states.join(", "));
+            }
             println!("  took        {:.2} s", started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }

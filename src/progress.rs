@@ -10,9 +10,13 @@ pub fn bar(total: u64, label: &str) -> ProgressBar {
     styled(total, label, "{pos}/{len} ({per_sec}, {eta} left)")
 }
 
-/// A bar counting `total` bytes, labelled `label`.
+/// A bar counting `total` bytes, labelled `label`, with a message after it.
 pub fn bytes(total: u64, label: &str) -> ProgressBar {
-    styled(total, label, "{bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
+    styled(
+        total,
+        label,
+        "{bytes}/{total_bytes} ({bytes_per_sec}, {eta} left) {msg}",
+    )
 }
 
 /// A bar of `total` with `label` before it and `counts` after it.

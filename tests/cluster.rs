@@ -274,3 +274,81 @@ async fn leadership_can_be_handed_to_another_voter() {
     let mut api = cluster.nodes[0].api().await;
     call(&mut api, "kv", &put("after-transfer", "1")).await.unwrap();
 }
+
+/// The plugins (name, sha256) active on every running node, one list per node.
+async fn plugins_on_every_node(cluster: &Cluster) -> Vec<Vec<(String, String)>> {
+    let mut all = Vec::new();
+    for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
+        let plugins = node
+            .api()
+            .await
+            .list_plugins(pb::ListPluginsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .plugins;
+        all.push(plugins.into_iter().map(|p| (p.name, p.sha256)).collect());
+    }
+    all
+}
+
+/// Filling the compiled-component cache is one node's business: a node that cannot write its
+/// cache (here the directory is replaced by a file) activates a new component like the others,
+/// instead of recording a rejection they do not (which split the replicas for good).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_compile_cache_is_broken_activates_like_the_others() {
+    let mut cluster = Cluster::start_with_kv(3).await;
+    let cache = cluster.node(3).data_dir().join("compiled");
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::write(&cache, b"not a directory").unwrap();
+
+    let index = cluster.deploy("counter", wasmraft::plugins::COUNTER).await;
+    assert!(index > 0);
+    let mut api = cluster.nodes[0].api().await;
+    call(&mut api, "counter", r#"{"name":"hits","by":2}"#).await.unwrap();
+    let digests = cluster.converged().await;
+    assert!(
+        digests.iter().all(|(_, _, d)| *d == digests[0].2),
+        "replicas diverged: {digests:?}"
+    );
+    let plugins = plugins_on_every_node(&cluster).await;
+    assert!(plugins.iter().all(|p| *p == plugins[0]), "{plugins:?}");
+    assert!(plugins[0].iter().any(|(name, _)| name == "counter"), "{plugins:?}");
+}
+
+/// The readiness barrier: every voter must have compiled a component before its activation is
+/// proposed. A voter that cannot run it (here node 3 allows no component larger than kv, which it
+/// runs already) fails the deploy with its reason, and nothing is activated anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_that_one_voter_cannot_run_is_refused_naming_it_and_changes_nothing() {
+    let kv_size = std::fs::metadata(wasmraft::plugins::KV).unwrap().len();
+    let larger = wasmraft::plugins::FIXTURE_KV_DIVERGENT;
+    assert!(
+        std::fs::metadata(larger).unwrap().len() > kv_size,
+        "pick a component larger than kv"
+    );
+    let mut cluster = Cluster::start_with_kv(3).await;
+    {
+        let node = cluster.node(3);
+        node.kill();
+        let mut config = std::fs::read_to_string(&node.config).unwrap();
+        config += &format!("\n[limits]\nmax_component_bytes = {kv_size}\n");
+        std::fs::write(&node.config, config).unwrap();
+        node.start();
+    }
+    cluster.converged().await;
+
+    let out = cluster.cli(&["deploy", "larger", larger]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not ready on every voter") && err.contains("node 3") && err.contains("max_component_bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("node 1:") && !err.contains("node 2:"), "{err}");
+    let plugins = plugins_on_every_node(&cluster).await;
+    assert!(
+        plugins.iter().all(|p| p.len() == 1 && p[0].0 == "kv"),
+        "nothing may change: {plugins:?}"
+    );
+}

@@ -63,8 +63,6 @@ pub enum LoadError {
     WrongWorld(String),
     #[error("component cannot be instantiated within the limits: {0}")]
     Instantiate(String),
-    #[error("compiled-artifact cache: {0}")]
-    Cache(String),
 }
 
 /// Why a host import aborted the guest. Carried through the trap and classified afterwards.

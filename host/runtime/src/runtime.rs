@@ -214,8 +214,16 @@ impl Runtime {
             }
         }
         let component = compile()?;
-        let artifact = component.serialize().map_err(|e| LoadError::Cache(format!("{e:#}")))?;
-        store_artifact(&path, &artifact).map_err(|e| LoadError::Cache(format!("writing {}: {e}", path.display())))?;
+        // The cache only saves time: failing to fill it (a full disk, a broken directory) must
+        // not fail the load, which would make this node refuse what the others accept.
+        match component.serialize() {
+            Ok(artifact) => {
+                if let Err(e) = store_artifact(&path, &artifact) {
+                    tracing::warn!(path = %path.display(), "not caching the compiled component: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("not caching the compiled component: {e:#}"),
+        }
         Ok((component, false))
     }
 }

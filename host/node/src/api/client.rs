@@ -39,6 +39,7 @@ impl ApiService {
             total_bytes: 0,
             activated_index: Some(index),
             sha256: start.sha256,
+            compiles: Vec::new(),
         };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(done)]))))
     }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
 use super::{BoxStream, bad, raft_err};
-use crate::cluster::NodeInner;
+use crate::cluster::{NodeInner, PREPARE_TIMEOUT};
 use crate::pb;
 use crate::snapshot;
 use crate::wire::{
@@ -211,6 +211,12 @@ impl pb::peer_server::Peer for PeerService {
         let mut resp = Response::new(result);
         resp.metadata_mut().insert("wasmraft-index", index.into());
         Ok(resp)
+    }
+
+    async fn prepare(&self, req: Request<pb::PrepareRequest>) -> Result<Response<pb::PrepareResponse>, Status> {
+        let req = req.into_inner();
+        let answer = self.0.prepare(&req.sha256, req.index, PREPARE_TIMEOUT).await;
+        Ok(Response::new(answer))
     }
 
     async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {

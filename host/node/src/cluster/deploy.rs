@@ -1,14 +1,26 @@
-//! Deploy through the log: a validated component goes out as 1 MiB `BlobChunk` entries, then one
-//! `Activate` entry; every replica switches versions at that entry's index.
+//! Deploy through the log: a validated component goes out as 1 MiB `BlobChunk` entries; every
+//! voter then compiles it in the background, and once all of them report it ready (the readiness
+//! barrier, `Peer.Prepare`) one `Activate` entry goes out: every replica switches versions at that
+//! entry's index, and none stalls its apply for the compile.
 
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::NodeInner;
-use crate::pb::{self, command, command_result};
+use crate::pb::{self, command, command_result, peer_client::PeerClient};
+use crate::types::NodeId;
 
 /// Upload pieces per log entry.
 pub const DEPLOY_CHUNK_BYTES: usize = 1 << 20;
+
+/// How long the readiness barrier waits for a voter to compile a component (a large Python or
+/// JavaScript component takes tens of seconds on a small machine).
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A control entry's replicated result as the client's answer.
 pub(crate) fn control_outcome(result: pb::CommandResult) -> Result<pb::CommandResult, Status> {
@@ -35,7 +47,9 @@ impl NodeInner {
             total_bytes: total,
             activated_index: activated,
             sha256: sha256.clone(),
+            compiles: Vec::new(),
         };
+        let mut last_chunk = 0;
         for (i, piece) in bytes.chunks(DEPLOY_CHUNK_BYTES).enumerate() {
             let offset = (i * DEPLOY_CHUNK_BYTES) as u64;
             let command = pb::Command {
@@ -47,8 +61,15 @@ impl NodeInner {
                     data: piece.to_vec().into(),
                 })),
             };
-            let sent = match self.propose(command).await.and_then(|(_, r)| control_outcome(r)) {
-                Ok(_) => tx.send(Ok(progress(offset + piece.len() as u64, None))).await,
+            let sent = match self
+                .propose(command)
+                .await
+                .and_then(|(i, r)| control_outcome(r).map(|_| i))
+            {
+                Ok(index) => {
+                    last_chunk = index;
+                    tx.send(Ok(progress(offset + piece.len() as u64, None))).await
+                }
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;
                     return;
@@ -58,6 +79,17 @@ impl NodeInner {
                 return; // the client went away
             }
         }
+        let report = |compiles: &[pb::NodeCompile]| pb::DeployProgress {
+            compiles: compiles.to_vec(),
+            ..progress(total, None)
+        };
+        let compiles = match self.ready_everywhere(&sha256, last_chunk, &tx, report).await {
+            Ok(compiles) => compiles,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
         let activate = pb::Command {
             timestamp_ms: 0,
             kind: Some(command::Kind::Activate(pb::Activate {
@@ -67,9 +99,135 @@ impl NodeInner {
             })),
         };
         let last = match self.propose(activate).await {
-            Ok((index, result)) => control_outcome(result).map(|_| progress(total, Some(index))),
+            Ok((index, result)) => control_outcome(result).map(|_| pb::DeployProgress {
+                compiles,
+                ..progress(total, Some(index))
+            }),
             Err(status) => Err(status),
         };
         let _ = tx.send(last).await;
+    }
+}
+
+impl NodeInner {
+    /// The readiness barrier: every voter compiles `sha256` (uploaded up to log index `index`)
+    /// and reports it ready, within [`PREPARE_TIMEOUT`]; each report goes to `tx`, and the last
+    /// one is returned. The error names every voter that is not ready, and why.
+    async fn ready_everywhere(
+        &self,
+        sha256: &str,
+        index: u64,
+        tx: &mpsc::Sender<Result<pb::DeployProgress, Status>>,
+        report: impl Fn(&[pb::NodeCompile]) -> pb::DeployProgress,
+    ) -> Result<Vec<pb::NodeCompile>, Status> {
+        let voters: Vec<(NodeId, String)> = {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+                .collect()
+        };
+        let mut compiles: Vec<pb::NodeCompile> = voters
+            .iter()
+            .map(|(id, _)| pb::NodeCompile {
+                node: *id,
+                state: "compiling".into(),
+                ..Default::default()
+            })
+            .collect();
+        let _ = tx.send(Ok(report(&compiles))).await;
+        let request = pb::PrepareRequest {
+            sha256: sha256.to_string(),
+            index,
+        };
+        let mut asks: FuturesUnordered<_> = voters
+            .into_iter()
+            .map(|(id, addr)| {
+                let request = request.clone();
+                async move {
+                    let answer = if id == self.id {
+                        Ok(self.prepare(&request.sha256, request.index, PREPARE_TIMEOUT).await)
+                    } else {
+                        self.ask_prepare(id, &addr, request).await
+                    };
+                    (id, answer)
+                }
+            })
+            .collect();
+        while let Some((id, answer)) = asks.next().await {
+            let Some(entry) = compiles.iter_mut().find(|c| c.node == id) else {
+                continue;
+            };
+            match answer {
+                Ok(resp) if resp.error.is_empty() => {
+                    entry.state = "ready".into();
+                    entry.from_cache = resp.from_cache;
+                    entry.compile_ms = resp.compile_ms;
+                }
+                Ok(resp) => entry.state = resp.error,
+                Err(status) => entry.state = format!("unreachable: {}", status.message()),
+            }
+            let _ = tx.send(Ok(report(&compiles))).await;
+        }
+        let not_ready: Vec<String> = compiles
+            .iter()
+            .filter(|c| c.state != "ready")
+            .map(|c| format!("node {}: {}", c.node, c.state))
+            .collect();
+        if not_ready.is_empty() {
+            Ok(compiles)
+        } else {
+            Err(Status::failed_precondition(format!(
+                "not activated: the component is not ready on every voter ({}); nothing changed",
+                not_ready.join("; ")
+            )))
+        }
+    }
+
+    async fn ask_prepare(
+        &self,
+        id: NodeId,
+        addr: &str,
+        request: pb::PrepareRequest,
+    ) -> Result<pb::PrepareResponse, Status> {
+        let channel = self
+            .network
+            .channel(id, addr)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(PREPARE_TIMEOUT + Duration::from_secs(5));
+        Ok(PeerClient::new(channel).prepare(request).await?.into_inner())
+    }
+
+    /// On this node: waits until it applied `index` (the upload's last piece), then until the
+    /// component `sha256` is compiled here (starting the compile if needed), within `wait`.
+    pub async fn prepare(&self, sha256: &str, index: u64, wait: Duration) -> pb::PrepareResponse {
+        let failed = |error: String| pb::PrepareResponse {
+            error,
+            ..Default::default()
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        if let Err(e) = self
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "upload applied")
+            .await
+        {
+            return failed(format!("has not applied the upload (log index {index}): {e}"));
+        }
+        let compiler = self.shared.compiler.clone();
+        let sha = sha256.to_string();
+        let compile = tokio::task::spawn_blocking(move || compiler.prepare_blocking(&sha));
+        match tokio::time::timeout_at(deadline, compile).await {
+            Ok(Ok(Ok(prepared))) => pb::PrepareResponse {
+                error: String::new(),
+                from_cache: prepared.from_cache,
+                compile_ms: prepared.took.as_millis() as u64,
+            },
+            Ok(Ok(Err(e))) => failed(e),
+            Ok(Err(e)) => failed(format!("the compile task failed: {e}")),
+            Err(_) => failed(format!("still compiling after {} s", wait.as_secs())),
+        }
     }
 }

@@ -16,8 +16,8 @@ use openraft::async_runtime::WatchReceiver;
 use tonic::Status;
 
 pub use admin::AdminError;
-pub use deploy::DEPLOY_CHUNK_BYTES;
 pub(crate) use deploy::control_outcome;
+pub use deploy::{DEPLOY_CHUNK_BYTES, PREPARE_TIMEOUT};
 
 use crate::raft::{Faults, Network, Raft};
 use crate::sm::Shared;

@@ -8,6 +8,7 @@
 //! entries flush what came before them first), so replay after a crash is exact.
 
 mod backend;
+mod compiler;
 mod digest;
 mod engine;
 mod registry;

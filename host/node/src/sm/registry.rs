@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tracing::info;
+use tracing::{error, info};
 use wasmraft_runtime::{InitContext, KvBackend, PluginError, Runtime, RuntimeError};
 use wasmraft_store::Store;
 
 use super::backend::{ApplyBackend, ReadBackend, SharedPending};
+use super::compiler::Compiler;
 use super::engine::{BUILTIN_PREFIX, Code, Engine, builtin_name, missing_builtin};
 use super::{Machine, rejected};
 use crate::pb::{self, command_result};
@@ -45,7 +46,7 @@ impl ActivePlugin {
         let code = if info.sha256.starts_with(BUILTIN_PREFIX) {
             builtin(&info.sha256)?
         } else {
-            Code::Component(shared.runtime.load(bytes).map_err(|e| e.to_string())?)
+            Code::Component(shared.compiler.take(&info.sha256, bytes)?)
         };
         let apply_backend = {
             let (store, name, space, pending) = (
@@ -111,6 +112,8 @@ fn builtin(sha256: &str) -> Result<Code, String> {
 pub struct Shared {
     pub store: Store,
     pub runtime: Runtime,
+    /// Compiles uploaded components in the background (off the apply path).
+    pub compiler: Arc<Compiler>,
     plugins: RwLock<BTreeMap<String, Arc<ActivePlugin>>>,
     /// Written while an apply call's batch lands in RocksDB, read by queries: a query sees the
     /// state between two apply calls, never half of one.
@@ -122,6 +125,7 @@ pub struct Shared {
 impl Shared {
     pub(super) fn new(store: Store, runtime: Runtime, digest: (u64, String)) -> Self {
         Self {
+            compiler: Compiler::new(runtime.clone(), store.clone()),
             store,
             runtime,
             plugins: RwLock::new(BTreeMap::new()),
@@ -203,10 +207,17 @@ impl Machine {
             // A new version takes over the data where it lies on this node.
             space: live.map_or_else(|| activate.name.clone(), |p| p.space().to_string()),
         };
-        let plugin = match ActivePlugin::new(&self.shared, &self.pending, info, &bytes) {
-            Ok(plugin) => plugin,
-            Err(e) => return Ok(rejected(format!("activate {}: {e}", activate.name))),
-        };
+        if activate.sha256.starts_with(BUILTIN_PREFIX)
+            && let Err(e) = builtin(&activate.sha256)
+        {
+            return Ok(rejected(format!("activate {}: {e}", activate.name)));
+        }
+        // Every voter compiled this component before the activation was proposed (the deploy's
+        // barrier): failing now is this node's fault, and must not become a replicated result.
+        let plugin = ActivePlugin::new(&self.shared, &self.pending, info, &bytes).map_err(|e| {
+            error!(plugin = %activate.name, sha256 = %activate.sha256, index, "cannot activate on this node; apply stops: {e}");
+            io_err(format!("activate {} on this node: {e}", activate.name))
+        })?;
         let ctx = InitContext {
             previous_version: previous.clone(),
             config: activate.config.clone(),

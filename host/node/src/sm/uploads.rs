@@ -11,6 +11,10 @@ use super::{Machine, ack, rejected};
 use crate::pb;
 use crate::util::{io_err, lock};
 
+/// The largest component an upload may carry, whatever a node's limits say (those are checked
+/// off the apply path).
+const MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
 /// Where pieces of uploads in progress live in the blobs family.
 pub(crate) const UPLOADS: &str = "upload/";
 
@@ -26,13 +30,15 @@ impl Machine {
     /// Stores a piece of an upload; the last piece assembles and checks the component.
     pub(super) fn apply_chunk(&mut self, chunk: pb::BlobChunk) -> io::Result<pb::CommandResult> {
         let store = self.shared.store.clone();
-        let max = self.shared.runtime.limits().max_component_bytes as u64;
         if !is_sha256_hex(&chunk.sha256) {
             return Ok(rejected("upload: sha256 must be 64 lowercase hex digits"));
         }
-        if chunk.total > max {
+        // Not this node's `max_component_bytes`: a result must not depend on a node's config.
+        // The receiving node checked its limit, and every voter checks its own before the
+        // activation is proposed (the deploy's barrier).
+        if chunk.total > MAX_UPLOAD_BYTES {
             return Ok(rejected(format!(
-                "upload: {} bytes is over max_component_bytes ({max})",
+                "upload: {} bytes is over the largest upload ({MAX_UPLOAD_BYTES})",
                 chunk.total
             )));
         }
@@ -77,6 +83,9 @@ impl Machine {
             )));
         }
         pending.batch.put_blob(&component_key(&chunk.sha256), &bytes);
+        // Compile it now, in the background: the deploy waits for every voter before it
+        // proposes the activation.
+        self.shared.compiler.start(&chunk.sha256, bytes);
         Ok(ack())
     }
 }
