@@ -236,7 +236,65 @@ pub async fn plugins(endpoint: &str) -> anyhow::Result<ExitCode> {
                     "{:<16} {}  {:>9} bytes  active since index {}",
                     p.name, p.sha256, p.size, p.activated_index
                 );
+                for (i, earlier) in p.history.iter().rev().enumerate() {
+                    let label = if i == 0 { "earlier" } else { "" };
+                    println!("{:<16} {earlier}  {label}", "");
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn rollback(endpoint: &str, name: String, sha256: String) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let started = Instant::now();
+    let progress = crate::progress::spinner(&format!("rolling back {name}"));
+    let request = pb::RollbackRequest {
+        name: name.clone(),
+        sha256,
+    };
+    let result = async {
+        let mut stream = client.rollback(request).await?.into_inner();
+        let mut last = None;
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            if !msg.compiles.is_empty() {
+                let states: Vec<String> = msg.compiles.iter().map(compile_state).collect();
+                progress.set_message(format!("rolling back {name}: {}", states.join(", ")));
+            }
+            last = Some(msg);
+        }
+        last.filter(|m| m.activated_index.is_some())
+            .ok_or_else(|| tonic::Status::internal("rollback ended without an activation"))
+    }
+    .await;
+    progress.finish_and_clear();
+    match result {
+        Ok(done) => {
+            println!("rolled back {name}");
+            println!("  sha256      {}", done.sha256);
+            println!("  activated   at log index {}", done.activated_index.unwrap_or(0));
+            println!("  took        {:.2} s", started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn remove(endpoint: &str, name: String, yes: bool) -> anyhow::Result<ExitCode> {
+    if !yes {
+        eprintln!("error (bad request): removing {name} deletes its data on every node; add --yes to confirm");
+        return Ok(ExitCode::from(1));
+    }
+    let mut client = connect(endpoint).await?;
+    match client
+        .remove_plugin(pb::RemovePluginRequest { name: name.clone() })
+        .await
+    {
+        Ok(resp) => {
+            println!("removed {name} at log index {}", resp.into_inner().index);
             Ok(ExitCode::SUCCESS)
         }
         Err(status) => Ok(report(&status)),

@@ -98,10 +98,12 @@ enum Command {
         #[arg(long, default_value = "")]
         config: String,
     },
-    /// List the active plugins.
+    /// List the active plugins (with their earlier versions), or roll one back, or remove one.
     Plugins {
         #[command(flatten)]
         endpoint: EndpointArg,
+        #[command(subcommand)]
+        command: Option<PluginsCommand>,
     },
     /// Cluster administration.
     Cluster {
@@ -122,6 +124,24 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Activate an earlier version of NAME again (default: the one before the active one); its
+    /// `init` sees the version it replaces.
+    Rollback {
+        name: String,
+        /// One of the earlier versions `wasmraft plugins` lists.
+        sha256: Option<String>,
+    },
+    /// Retire NAME and delete its data, on every node at one log index.
+    Remove {
+        name: String,
+        /// Confirm: the plugin's kv pairs are deleted.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -253,7 +273,13 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             file,
             config,
         } => client::deploy(&endpoint.endpoint, name, &file, config.into_bytes()).await,
-        Command::Plugins { endpoint } => client::plugins(&endpoint.endpoint).await,
+        Command::Plugins { endpoint, command } => match command {
+            None => client::plugins(&endpoint.endpoint).await,
+            Some(PluginsCommand::Rollback { name, sha256 }) => {
+                client::rollback(&endpoint.endpoint, name, sha256.unwrap_or_default()).await
+            }
+            Some(PluginsCommand::Remove { name, yes }) => client::remove(&endpoint.endpoint, name, yes).await,
+        },
         Command::Cluster { endpoint, command } => {
             let ep = &endpoint.endpoint;
             match command {

@@ -352,3 +352,76 @@ async fn a_deploy_that_one_voter_cannot_run_is_refused_naming_it_and_changes_not
         "nothing may change: {plugins:?}"
     );
 }
+
+/// The version that answers a call to `plugin`.
+async fn version_of_call(cluster: &Cluster, plugin: &str, payload: &str) -> String {
+    let mut api = cluster.nodes[0].api().await;
+    let resp = api
+        .call(pb::CallRequest {
+            plugin: plugin.into(),
+            payload: payload.as_bytes().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    resp.version
+}
+
+fn sha256_of(path: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Upgrade, rollback and removal: kv (Rust) is upgraded to its C port; `plugins` lists the Rust
+/// version as earlier; `plugins rollback kv` makes it answer again, on the same data; a rollback
+/// to a version the plugin never ran is refused; `plugins remove kv --yes` retires it and deletes
+/// its data on every node at one index (a new deploy starts empty).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_is_upgraded_rolled_back_and_removed_on_every_node() {
+    let cluster = Cluster::start_with_kv(3).await;
+    let (rust, c) = (sha256_of(wasmraft::plugins::KV), sha256_of(wasmraft::plugins::KV_C));
+    assert_eq!(version_of_call(&cluster, "kv", &put("a", "1")).await, rust);
+
+    cluster.deploy("kv", wasmraft::plugins::KV_C).await;
+    assert_eq!(version_of_call(&cluster, "kv", &put("b", "2")).await, c);
+    let listed = stdout(&cluster.cli(&["plugins"]).await);
+    assert!(
+        listed.contains(&c) && listed.contains(&rust) && listed.contains("earlier"),
+        "{listed}"
+    );
+
+    let out = cluster.cli(&["plugins", "rollback", "kv", &"0".repeat(64)]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no earlier version"), "{}", stderr(&out));
+    assert_eq!(version_of_call(&cluster, "kv", &put("c", "3")).await, c);
+
+    let out = cluster.cli(&["plugins", "rollback", "kv"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(version_of_call(&cluster, "kv", &put("d", "4")).await, rust);
+    let mut api = cluster.nodes[0].api().await;
+    for (key, value) in [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")] {
+        let got = query(&mut api, "kv", &get(key), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(got, format!(r#"{{"value":"{value}"}}"#), "{key} after the rollback");
+    }
+    let plugins = plugins_on_every_node(&cluster).await;
+    assert!(
+        plugins.iter().all(|p| *p == [("kv".to_string(), rust.clone())]),
+        "{plugins:?}"
+    );
+
+    let out = cluster.cli(&["plugins", "remove", "kv"]).await;
+    assert_eq!(out.status.code(), Some(1), "remove needs --yes");
+    let out = cluster.cli(&["plugins", "remove", "kv", "--yes"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+    assert!(plugins_on_every_node(&cluster).await.iter().all(|p| p.is_empty()));
+
+    cluster.deploy("kv", wasmraft::plugins::KV).await;
+    let got = query(&mut api, "kv", &get("a"), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(got, r#"{"value":null}"#, "the removed plugin's data is gone");
+}

@@ -30,6 +30,7 @@ impl fmt::Display for pb::Command {
                 )
             }
             Some(pb::command::Kind::Activate(a)) => write!(f, "activate {} = {}", a.name, a.sha256),
+            Some(pb::command::Kind::Retire(r)) => write!(f, "retire {}", r.name),
             None => write!(f, "empty command"),
         }
     }

@@ -182,9 +182,29 @@ impl pb::api_server::Api for ApiService {
                 sha256: p.info.sha256.clone(),
                 activated_index: p.info.activated_index,
                 size: p.info.size,
+                history: p.info.history.clone(),
             })
             .collect();
         Ok(Response::new(pb::ListPluginsResponse { plugins }))
+    }
+
+    type RollbackStream = BoxStream<pb::DeployProgress>;
+
+    async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
+        let req = req.into_inner();
+        let (activate, index) = self.0.rollback_target(&req.name, &req.sha256)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let node = self.0.clone();
+        tokio::spawn(async move { node.activate_stored(activate, index, tx).await });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn remove_plugin(
+        &self,
+        req: Request<pb::RemovePluginRequest>,
+    ) -> Result<Response<pb::RemovePluginResponse>, Status> {
+        let index = self.0.remove_plugin(req.into_inner().name).await?;
+        Ok(Response::new(pb::RemovePluginResponse { index }))
     }
 
     async fn cluster_status(

@@ -231,3 +231,93 @@ impl NodeInner {
         }
     }
 }
+
+impl NodeInner {
+    /// What `plugins rollback NAME [SHA256]` activates: the version `sha256` (one of the plugin's
+    /// earlier versions; empty: the one before the active one), with the active version's config,
+    /// and the log index by which every node stores its component.
+    pub fn rollback_target(&self, name: &str, sha256: &str) -> Result<(pb::Activate, u64), Status> {
+        let plugin = self
+            .shared
+            .plugin(name)
+            .ok_or_else(|| Status::not_found(format!("no plugin {name} is active")))?;
+        let history = &plugin.info.history;
+        let target = if sha256.is_empty() {
+            history
+                .last()
+                .ok_or_else(|| Status::failed_precondition(format!("{name} has no earlier version to roll back to")))?
+        } else {
+            history.iter().find(|h| *h == sha256).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{name} has no earlier version {sha256} (earlier versions: {})",
+                    if history.is_empty() {
+                        "none".to_string()
+                    } else {
+                        history.join(", ")
+                    }
+                ))
+            })?
+        };
+        let activate = pb::Activate {
+            name: name.to_string(),
+            sha256: target.clone(),
+            config: plugin.info.config.clone(),
+        };
+        Ok((activate, plugin.info.activated_index))
+    }
+
+    /// Activates `activate` (a component every node stores by log index `index`) once every voter
+    /// has it compiled, reporting progress on `tx` as a deploy does.
+    pub async fn activate_stored(
+        &self,
+        activate: pb::Activate,
+        index: u64,
+        tx: mpsc::Sender<Result<pb::DeployProgress, Status>>,
+    ) {
+        let sha256 = activate.sha256.clone();
+        let progress = |compiles: &[pb::NodeCompile]| pb::DeployProgress {
+            sha256: sha256.clone(),
+            compiles: compiles.to_vec(),
+            ..Default::default()
+        };
+        let compiles = if activate.sha256.starts_with(crate::sm::BUILTIN_PREFIX) {
+            Vec::new()
+        } else {
+            match self.ready_everywhere(&sha256, index, &tx, progress).await {
+                Ok(compiles) => compiles,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        };
+        let command = pb::Command {
+            timestamp_ms: 0,
+            kind: Some(command::Kind::Activate(activate)),
+        };
+        let last = match self.propose(command).await {
+            Ok((index, result)) => control_outcome(result).map(|_| pb::DeployProgress {
+                activated_index: Some(index),
+                sha256: sha256.clone(),
+                compiles,
+                ..Default::default()
+            }),
+            Err(status) => Err(status),
+        };
+        let _ = tx.send(last).await;
+    }
+
+    /// Retires the plugin `name` and deletes its kv pairs; returns the log index.
+    pub async fn remove_plugin(&self, name: String) -> Result<u64, Status> {
+        if self.shared.plugin(&name).is_none() {
+            return Err(Status::not_found(format!("no plugin {name} is active")));
+        }
+        let command = pb::Command {
+            timestamp_ms: 0,
+            kind: Some(command::Kind::Retire(pb::Retire { name })),
+        };
+        let (index, result) = self.propose(command).await?;
+        control_outcome(result)?;
+        Ok(index)
+    }
+}

@@ -283,6 +283,12 @@ impl Machine {
                             registry_changed = matches!(result.kind, Some(command_result::Kind::Activated(_)));
                             vec![(log_id.index, result, responder)]
                         }
+                        Some(command::Kind::Retire(retire)) => {
+                            self.flush(registry_changed)?;
+                            let result = self.apply_retire(log_id.index, retire)?;
+                            registry_changed = matches!(result.kind, Some(command_result::Kind::Retired(_)));
+                            vec![(log_id.index, result, responder)]
+                        }
                         None => vec![(log_id.index, rejected("empty command"), responder)],
                     }
                 }

@@ -168,6 +168,12 @@ impl Shared {
         plugins.insert(plugin.info.name.clone(), plugin);
     }
 
+    /// Stops serving the plugin `name`; returns it.
+    pub(super) fn remove_plugin(&self, name: &str) -> Option<Arc<ActivePlugin>> {
+        let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
+        plugins.remove(name)
+    }
+
     pub(crate) fn set_plugins(&self, plugins: BTreeMap<String, Arc<ActivePlugin>>) {
         *self.plugins.write().unwrap_or_else(|p| p.into_inner()) = plugins;
     }
@@ -198,6 +204,13 @@ impl Machine {
         };
         let live = self.shared.plugin(&activate.name);
         let previous = live.as_ref().map(|p| p.info.sha256.clone());
+        // The versions before this one, each once, oldest first.
+        let mut history = live.as_ref().map(|p| p.info.history.clone()).unwrap_or_default();
+        if let Some(previous) = &previous {
+            history.retain(|sha| sha != previous);
+            history.push(previous.clone());
+        }
+        history.retain(|sha| *sha != activate.sha256);
         let info = pb::RegisteredPlugin {
             name: activate.name.clone(),
             sha256: activate.sha256.clone(),
@@ -206,6 +219,7 @@ impl Machine {
             config: activate.config.clone(),
             // A new version takes over the data where it lies on this node.
             space: live.map_or_else(|| activate.name.clone(), |p| p.space().to_string()),
+            history,
         };
         if activate.sha256.starts_with(BUILTIN_PREFIX)
             && let Err(e) = builtin(&activate.sha256)
@@ -235,6 +249,24 @@ impl Machine {
                 name: activate.name,
                 sha256: activate.sha256,
                 previous,
+            })),
+        })
+    }
+}
+
+impl Machine {
+    /// Retires the plugin `retire.name`: it stops serving, and its key space is deleted with this
+    /// entry's writes. Its components stay stored.
+    pub(super) fn apply_retire(&mut self, index: u64, retire: pb::Retire) -> io::Result<pb::CommandResult> {
+        let Some(plugin) = self.shared.remove_plugin(&retire.name) else {
+            return Ok(rejected(format!("remove: no plugin {} is active", retire.name)));
+        };
+        lock(&self.pending).batch.clear_space(plugin.space());
+        info!(plugin = %retire.name, sha256 = %plugin.info.sha256, index, "plugin retired");
+        Ok(pb::CommandResult {
+            kind: Some(command_result::Kind::Retired(pb::Retired {
+                name: retire.name,
+                sha256: plugin.info.sha256.clone(),
             })),
         })
     }
