@@ -425,3 +425,99 @@ async fn a_plugin_is_upgraded_rolled_back_and_removed_on_every_node() {
         .unwrap();
     assert_eq!(got, r#"{"value":null}"#, "the removed plugin's data is gone");
 }
+
+/// One write's answer as a client saw it: (log index, version that answered).
+type Answered = (u64, String);
+
+/// Writes `key-N = vN` through `addr` until `stop`, recording every answer; any failure fails.
+fn keep_writing(
+    addr: String,
+    key: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Answered>> {
+    tokio::spawn(async move {
+        let mut api = pb::api_client::ApiClient::connect(addr).await.unwrap();
+        let mut answered = Vec::new();
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let resp = api
+                .call(pb::CallRequest {
+                    plugin: "kv".into(),
+                    payload: put(&format!("{key}-{}", i % 20), &format!("v{i}")).into_bytes(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("write {i} by {key} failed during the upgrade: {e:?}"))
+                .into_inner();
+            assert!(
+                !String::from_utf8_lossy(&resp.result).contains("error"),
+                "write {i} by {key}: {:?}",
+                String::from_utf8_lossy(&resp.result)
+            );
+            answered.push((resp.index, resp.version));
+        }
+        answered
+    })
+}
+
+/// Issue 11's upgrade under load: writers through every node keep going while kv is upgraded to
+/// a version that re-encodes every value in its `init`. A first attempt whose `init` refuses
+/// (config `fail`) changes nothing and names the plugin's reason; the second activates at one
+/// index: every write below it was answered by v1 and every write at or above it by v2, no write
+/// fails, every value reads back migrated, and the replicas agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_is_upgraded_under_load_with_a_migration_at_one_index_on_every_node() {
+    let cluster = Cluster::start_with_kv(3).await;
+    let (v1, v2) = (
+        sha256_of(wasmraft::plugins::KV),
+        sha256_of(wasmraft::plugins::FIXTURE_KV_V2),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| keep_writing(n.addr.clone(), format!("w{i}"), stop.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let out = cluster
+        .cli(&["deploy", "kv", wasmraft::plugins::FIXTURE_KV_V2, "--config", "fail"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("migration refused"), "{}", stderr(&out));
+    let plugins = plugins_on_every_node(&cluster).await;
+    assert!(
+        plugins.iter().all(|p| *p == [("kv".to_string(), v1.clone())]),
+        "{plugins:?}"
+    );
+
+    let activated = cluster.deploy("kv", wasmraft::plugins::FIXTURE_KV_V2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut answered = Vec::new();
+    for writer in writers {
+        answered.extend(writer.await.unwrap());
+    }
+    let before = answered.iter().filter(|(index, _)| *index < activated).count();
+    assert!(
+        before > 0 && before < answered.len(),
+        "writes on both sides of index {activated}"
+    );
+    for (index, version) in &answered {
+        let want = if *index < activated { &v1 } else { &v2 };
+        assert_eq!(version, want, "the write at index {index} (activation at {activated})");
+    }
+
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+    for node in &cluster.nodes {
+        let mut api = node.api().await;
+        for w in 0..3 {
+            for k in 0..20 {
+                let got = query(&mut api, "kv", &get(&format!("w{w}-{k}")), Consistency::Local).await;
+                assert!(got.is_ok(), "node {}: w{w}-{k}: {got:?}", node.id);
+            }
+        }
+    }
+}
