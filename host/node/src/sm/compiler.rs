@@ -45,8 +45,30 @@ pub struct Compiler {
     queue: std::sync::mpsc::Sender<(String, Vec<u8>)>,
 }
 
+/// The nice value of compile threads: a compile is background work, and on a busy machine the
+/// node's serving threads (Raft, apply, the API) go first.
+const COMPILE_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority (Linux: `setpriority` on a thread id affects that
+/// thread only). Best effort: a failure leaves the thread at its priority.
+fn lower_this_threads_priority() {
+    // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, COMPILE_NICE) };
+}
+
+/// Makes rayon's global pool, where wasmtime compiles a component's functions in parallel, run
+/// at [`COMPILE_NICE`]. Only the first call in a process takes effect (several in-process nodes
+/// share the pool); it must run before anything else uses rayon.
+fn lower_compile_priority() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("wasmraft-compile-{i}"))
+        .start_handler(|_| lower_this_threads_priority())
+        .build_global();
+}
+
 impl Compiler {
     pub(super) fn new(runtime: Runtime, store: Store) -> Arc<Self> {
+        lower_compile_priority();
         let (queue, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
         let compiler = Arc::new(Self {
             runtime,
@@ -59,6 +81,7 @@ impl Compiler {
         std::thread::Builder::new()
             .name("wasmraft-compile".into())
             .spawn(move || {
+                lower_this_threads_priority();
                 // Ends when the compiler is dropped (the sender goes with it).
                 while let Ok((sha256, bytes)) = rx.recv() {
                     let Some(compiler) = weak.upgrade() else { return };
