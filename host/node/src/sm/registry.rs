@@ -17,6 +17,10 @@ use super::{Machine, rejected};
 use crate::pb::{self, command_result};
 use crate::util::{io_err, lock};
 
+/// Earlier versions a plugin name keeps (for rollback); older ones are forgotten and, when no
+/// other plugin uses them, their components deleted.
+const MAX_HISTORY: usize = 5;
+
 /// Where a complete component lives in the blobs family.
 pub(crate) fn component_key(sha256: &str) -> String {
     format!("component/{sha256}")
@@ -211,6 +215,7 @@ impl Machine {
             history.push(previous.clone());
         }
         history.retain(|sha| *sha != activate.sha256);
+        let dropped: Vec<String> = history.drain(..history.len().saturating_sub(MAX_HISTORY)).collect();
         let info = pb::RegisteredPlugin {
             name: activate.name.clone(),
             sha256: activate.sha256.clone(),
@@ -243,6 +248,7 @@ impl Machine {
             return Ok(rejected(format!("activate {}: init failed: {e}", activate.name)));
         }
         self.shared.insert_plugin(Arc::new(plugin));
+        self.delete_unreferenced(dropped);
         info!(plugin = %activate.name, sha256 = %activate.sha256, index, "plugin activated");
         Ok(pb::CommandResult {
             kind: Some(command_result::Kind::Activated(pb::Activated {
@@ -262,6 +268,8 @@ impl Machine {
             return Ok(rejected(format!("remove: no plugin {} is active", retire.name)));
         };
         lock(&self.pending).batch.clear_space(plugin.space());
+        let versions = std::iter::once(plugin.info.sha256.clone()).chain(plugin.info.history.iter().cloned());
+        self.delete_unreferenced(versions);
         info!(plugin = %retire.name, sha256 = %plugin.info.sha256, index, "plugin retired");
         Ok(pb::CommandResult {
             kind: Some(command_result::Kind::Retired(pb::Retired {
@@ -269,5 +277,25 @@ impl Machine {
                 sha256: plugin.info.sha256.clone(),
             })),
         })
+    }
+}
+
+impl Machine {
+    /// Deletes the stored components of `versions` that no plugin runs or keeps as an earlier
+    /// version (a snapshot file carries its own copy of the components it needs).
+    fn delete_unreferenced(&self, versions: impl IntoIterator<Item = String>) {
+        let plugins = self.shared.plugins();
+        let referenced = |sha: &str| {
+            plugins
+                .iter()
+                .any(|p| p.info.sha256 == sha || p.info.history.iter().any(|h| h == sha))
+        };
+        let mut pending = lock(&self.pending);
+        for sha in versions {
+            if !sha.starts_with(BUILTIN_PREFIX) && !referenced(&sha) {
+                info!(%sha, "deleting a component no plugin version uses");
+                pending.batch.delete_blob(&component_key(&sha));
+            }
+        }
     }
 }

@@ -199,6 +199,7 @@ pub(crate) fn install(
         }
     }
     batch.delete_blob_prefix(UPLOADS);
+    batch.delete_blob_prefix(UPLOADS_STARTED);
     for (key, value) in &staged.blobs {
         batch.put_blob(key, value);
     }
