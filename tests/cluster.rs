@@ -521,3 +521,70 @@ async fn kv_is_upgraded_under_load_with_a_migration_at_one_index_on_every_node()
         }
     }
 }
+
+/// Bad input to `deploy` and `plugins rollback` is refused before anything changes, with the
+/// reason and exit code 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_deploys_are_refused_with_the_reason_and_change_nothing() {
+    let cluster = Cluster::start_with_kv(1).await;
+    let dir = cluster.dir.path();
+    let kv = std::fs::read(wasmraft::plugins::KV).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let cases = [
+        ("Bad Name!".to_string(), wasmraft::plugins::KV.to_string(), "name"),
+        ("empty".into(), file("empty.wasm", b""), "not a WebAssembly binary"),
+        ("truncated".into(), file("truncated.wasm", &kv[..kv.len() / 2]), "invalid component"),
+        ("core".into(), file("core.wasm", b"\0asm\x01\0\0\0"), "core WebAssembly module"),
+    ];
+    for (name, path, reason) in &cases {
+        let out = cluster.cli(&["deploy", name, path]).await;
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stdout(&out));
+        assert!(stderr(&out).contains(reason), "{name}: {}", stderr(&out));
+        assert_eq!(active_plugins(&cluster).await, ["kv"], "{name}");
+    }
+    let out = cluster.cli(&["plugins", "rollback", "kv"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no earlier version"), "{}", stderr(&out));
+    let out = cluster.cli(&["plugins", "rollback", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no plugin nope"), "{}", stderr(&out));
+}
+
+/// A component over the cluster's size limit is refused before its upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_over_the_size_limit_is_refused_before_its_upload() {
+    let cluster = Cluster::started(1, "[limits]\nmax_component_bytes = 1000").await;
+    let out = cluster.cli(&["deploy", "kv", wasmraft::plugins::KV]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("over max_component_bytes (1000)"), "{}", stderr(&out));
+    assert!(active_plugins(&cluster).await.is_empty());
+}
+
+/// Two plugins side by side keep separate state: the same keys, written to both in turn, read
+/// back each plugin's own values on every node.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_plugins_side_by_side_keep_separate_state_under_interleaved_writes() {
+    let cluster = Cluster::start_with_kv(3).await;
+    cluster.deploy("kv2", wasmraft::plugins::KV_C).await;
+    let mut api = cluster.nodes[1].api().await;
+    for i in 0..40 {
+        let key = format!("k{}", i % 10);
+        call(&mut api, "kv", &put(&key, &format!("one-{i}"))).await.unwrap();
+        call(&mut api, "kv2", &put(&key, &format!("two-{i}"))).await.unwrap();
+    }
+    cluster.converged().await;
+    for node in &cluster.nodes {
+        let mut api = node.api().await;
+        for k in 0..10 {
+            let key = format!("k{k}");
+            for (plugin, prefix) in [("kv", "one"), ("kv2", "two")] {
+                let got = query(&mut api, plugin, &get(&key), Consistency::Local).await.unwrap();
+                assert_eq!(got, format!(r#"{{"value":"{prefix}-{}"}}"#, 30 + k), "node {} {plugin} {key}", node.id);
+            }
+        }
+    }
+}
