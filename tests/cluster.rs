@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, call, cli_at, eventually, query, stderr, stdout};
+use common::{Cluster, call, cli_at, eventually, query, status_at, stderr, stdout};
 use wasmraft_node::pb::{self, Consistency};
 
 fn put(key: &str, value: &str) -> String {
@@ -537,8 +537,16 @@ async fn bad_deploys_are_refused_with_the_reason_and_change_nothing() {
     let cases = [
         ("Bad Name!".to_string(), wasmraft::plugins::KV.to_string(), "name"),
         ("empty".into(), file("empty.wasm", b""), "not a WebAssembly binary"),
-        ("truncated".into(), file("truncated.wasm", &kv[..kv.len() / 2]), "invalid component"),
-        ("core".into(), file("core.wasm", b"\0asm\x01\0\0\0"), "core WebAssembly module"),
+        (
+            "truncated".into(),
+            file("truncated.wasm", &kv[..kv.len() / 2]),
+            "invalid component",
+        ),
+        (
+            "core".into(),
+            file("core.wasm", b"\0asm\x01\0\0\0"),
+            "core WebAssembly module",
+        ),
     ];
     for (name, path, reason) in &cases {
         let out = cluster.cli(&["deploy", name, path]).await;
@@ -560,7 +568,11 @@ async fn a_component_over_the_size_limit_is_refused_before_its_upload() {
     let cluster = Cluster::started(1, "[limits]\nmax_component_bytes = 1000").await;
     let out = cluster.cli(&["deploy", "kv", wasmraft::plugins::KV]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stderr(&out).contains("over max_component_bytes (1000)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("over max_component_bytes (1000)"),
+        "{}",
+        stderr(&out)
+    );
     assert!(active_plugins(&cluster).await.is_empty());
 }
 
@@ -583,8 +595,74 @@ async fn two_plugins_side_by_side_keep_separate_state_under_interleaved_writes()
             let key = format!("k{k}");
             for (plugin, prefix) in [("kv", "one"), ("kv2", "two")] {
                 let got = query(&mut api, plugin, &get(&key), Consistency::Local).await.unwrap();
-                assert_eq!(got, format!(r#"{{"value":"{prefix}-{}"}}"#, 30 + k), "node {} {plugin} {key}", node.id);
+                assert_eq!(
+                    got,
+                    format!(r#"{{"value":"{prefix}-{}"}}"#, 30 + k),
+                    "node {} {plugin} {key}",
+                    node.id
+                );
             }
         }
     }
+}
+
+/// A deploy whose leader dies in the middle of the upload either completes or fails, and is never
+/// half-active: afterwards the plugin is active on every node at one index with one version, or
+/// on none, and the replicas agree. Through the leader, the client loses its deploy; through a
+/// follower, the follower carries on with the next leader (or fails what it cannot be sure of).
+async fn deploy_while_the_leader_dies(through_the_leader: bool) {
+    // A component of many 1 MiB pieces; its compile is cached (shared with tests/polyglot.rs).
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("polyglot-cache");
+    let mut cluster = Cluster::started(3, &format!("compile_cache_dir = {:?}", cache.to_str().unwrap())).await;
+    let leader = cluster.leader().await;
+    let receiver = cluster
+        .nodes
+        .iter()
+        .find(|n| (n.id == leader) == through_the_leader)
+        .unwrap();
+    let endpoint = receiver.addr.clone();
+    let before = status_at(&endpoint).await.unwrap().last_log_index.unwrap_or(0);
+    let deploy = tokio::spawn(async move { cli_at(&endpoint, &["deploy", "big", wasmraft::plugins::KV_PY]).await });
+    let leader_addr = cluster.nodes.iter().find(|n| n.id == leader).unwrap().addr.clone();
+    eventually(
+        "a few pieces of the upload in the log",
+        Duration::from_secs(120),
+        || {
+            let addr = leader_addr.clone();
+            async move {
+                status_at(&addr)
+                    .await
+                    .filter(|s| s.last_log_index.unwrap_or(0) >= before + 3)
+            }
+        },
+    )
+    .await;
+    cluster.node(leader).kill();
+    let out = deploy.await.unwrap();
+    cluster.node(leader).start();
+    cluster.leader().await;
+    cluster.converged().await;
+    let plugins = plugins_on_every_node(&cluster).await;
+    assert!(plugins.iter().all(|p| *p == plugins[0]), "half-active: {plugins:?}");
+    if out.status.success() {
+        assert_eq!(plugins[0].len(), 1, "{plugins:?}");
+    } else {
+        assert!(
+            plugins[0].is_empty(),
+            "the deploy failed ({}) but left {plugins:?}",
+            stderr(&out)
+        );
+    }
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_through_the_leader_that_dies_mid_upload_is_all_or_nothing() {
+    deploy_while_the_leader_dies(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_through_a_follower_whose_leader_dies_mid_upload_is_all_or_nothing() {
+    deploy_while_the_leader_dies(false).await;
 }
