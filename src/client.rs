@@ -123,6 +123,7 @@ pub async fn deploy_bytes(
     name: &str,
     bytes: Vec<u8>,
     config: Vec<u8>,
+    label: &str,
     mut on_progress: impl FnMut(&pb::DeployProgress),
 ) -> Result<Deployed, tonic::Status> {
     let sha256 = hex::encode(Sha256::digest(&bytes));
@@ -132,6 +133,7 @@ pub async fn deploy_bytes(
             sha256: sha256.clone(),
             size: bytes.len() as u64,
             config,
+            label: label.to_string(),
         })),
     };
     let pieces: Vec<pb::DeployRequest> = bytes
@@ -183,6 +185,7 @@ pub async fn activate_builtin(
             sha256: format!("builtin:{builtin}"),
             size: 0,
             config: Vec::new(),
+            label: String::new(),
         })),
     };
     let mut progress = client.deploy(futures::stream::iter([start])).await?.into_inner();
@@ -193,12 +196,18 @@ pub async fn activate_builtin(
     activated.ok_or_else(|| tonic::Status::internal("activation did not report an index"))
 }
 
-pub async fn deploy(endpoint: &str, name: String, file: &Path, config: Vec<u8>) -> anyhow::Result<ExitCode> {
+pub async fn deploy(
+    endpoint: &str,
+    name: String,
+    file: &Path,
+    config: Vec<u8>,
+    label: String,
+) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let mut client = connect(endpoint).await?;
     let started = Instant::now();
     let progress = crate::progress::bytes(bytes.len() as u64, &format!("deploy {name}"));
-    let result = deploy_bytes(&mut client, &name, bytes, config, |msg| {
+    let result = deploy_bytes(&mut client, &name, bytes, config, &label, |msg| {
         progress.set_position(msg.committed_bytes);
         if !msg.compiles.is_empty() {
             let states: Vec<String> = msg.compiles.iter().map(compile_state).collect();
@@ -233,17 +242,81 @@ pub async fn plugins(endpoint: &str) -> anyhow::Result<ExitCode> {
             }
             for p in plugins {
                 println!(
-                    "{:<16} {}  {:>9} bytes  active since index {}",
-                    p.name, p.sha256, p.size, p.activated_index
+                    "{:<16} {}  {:>9} bytes  active since index {}{}",
+                    p.name,
+                    p.sha256,
+                    p.size,
+                    p.activated_index,
+                    labelled(&p.label)
                 );
                 for (i, earlier) in p.history.iter().rev().enumerate() {
-                    let label = if i == 0 { "earlier" } else { "" };
-                    println!("{:<16} {earlier}  {label}", "");
+                    let what = if i == 0 { "earlier:" } else { "" };
+                    println!(
+                        "{what:>16} {}  {:>9} bytes{}",
+                        earlier.sha256,
+                        earlier.size,
+                        labelled(&earlier.label)
+                    );
                 }
             }
+            every_node(&mut client).await;
             Ok(ExitCode::SUCCESS)
         }
         Err(status) => Ok(report(&status)),
+    }
+}
+
+/// Each member's view: the version it runs of each plugin (first 12 hex digits of the sha256),
+/// and its compiles that are not done or failed.
+async fn every_node(client: &mut ApiClient<Channel>) {
+    let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await else {
+        return;
+    };
+    let nodes = status.into_inner().nodes;
+    if nodes.is_empty() {
+        return;
+    }
+    println!("nodes");
+    for node in nodes {
+        let answer = match connect(&node.addr).await {
+            Ok(mut api) => api
+                .list_plugins(pb::ListPluginsRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let line = match answer {
+            Ok(view) => {
+                let mut parts: Vec<String> = view
+                    .plugins
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, &p.sha256[..p.sha256.len().min(12)]))
+                    .collect();
+                parts.extend(
+                    view.compiles
+                        .iter()
+                        .filter(|c| c.state != "ready")
+                        .map(|c| format!("{} {}", &c.sha256[..c.sha256.len().min(12)], c.state)),
+                );
+                if parts.is_empty() {
+                    "no plugins".to_string()
+                } else {
+                    parts.join(", ")
+                }
+            }
+            Err(e) => format!("unreachable: {e}"),
+        };
+        println!("  node {:<4} {line}", node.id);
+    }
+}
+
+/// `  (label)` after a version, or nothing.
+fn labelled(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!("  ({label})")
     }
 }
 

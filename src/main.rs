@@ -97,6 +97,9 @@ enum Command {
         /// Configuration handed to the plugin's init.
         #[arg(long, default_value = "")]
         config: String,
+        /// A name for this version (e.g. v2), shown by `wasmraft plugins`.
+        #[arg(long, default_value = "")]
+        label: String,
     },
     /// List the active plugins (with their earlier versions), or roll one back, or remove one.
     Plugins {
@@ -272,7 +275,8 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             name,
             file,
             config,
-        } => client::deploy(&endpoint.endpoint, name, &file, config.into_bytes()).await,
+            label,
+        } => client::deploy(&endpoint.endpoint, name, &file, config.into_bytes(), label).await,
         Command::Plugins { endpoint, command } => match command {
             None => client::plugins(&endpoint.endpoint).await,
             Some(PluginsCommand::Rollback { name, sha256 }) => {

@@ -382,13 +382,19 @@ async fn a_plugin_is_upgraded_rolled_back_and_removed_on_every_node() {
     let (rust, c) = (sha256_of(wasmraft::plugins::KV), sha256_of(wasmraft::plugins::KV_C));
     assert_eq!(version_of_call(&cluster, "kv", &put("a", "1")).await, rust);
 
-    cluster.deploy("kv", wasmraft::plugins::KV_C).await;
+    let out = cluster
+        .cli(&["deploy", "kv", wasmraft::plugins::KV_C, "--label", "c-port"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(version_of_call(&cluster, "kv", &put("b", "2")).await, c);
     let listed = stdout(&cluster.cli(&["plugins"]).await);
     assert!(
-        listed.contains(&c) && listed.contains(&rust) && listed.contains("earlier"),
+        listed.contains(&c) && listed.contains("(c-port)") && listed.contains(&rust) && listed.contains("earlier"),
         "{listed}"
     );
+    for id in 1..=3 {
+        assert!(listed.contains(&format!("node {id}    kv {}", &c[..12])), "{listed}");
+    }
 
     let out = cluster.cli(&["plugins", "rollback", "kv", &"0".repeat(64)]).await;
     assert_eq!(out.status.code(), Some(1));

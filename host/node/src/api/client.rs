@@ -30,6 +30,7 @@ impl ApiService {
                 name: start.name,
                 sha256: start.sha256.clone(),
                 config: start.config,
+                label: start.label,
             })),
         };
         let (index, result) = self.0.propose(activate).await?;
@@ -183,9 +184,22 @@ impl pb::api_server::Api for ApiService {
                 activated_index: p.info.activated_index,
                 size: p.info.size,
                 history: p.info.history.clone(),
+                label: p.info.label.clone(),
             })
             .collect();
-        Ok(Response::new(pb::ListPluginsResponse { plugins }))
+        let compiles = self
+            .0
+            .shared
+            .compiler
+            .states()
+            .into_iter()
+            .map(|(sha256, state)| pb::CompileState { sha256, state })
+            .collect();
+        Ok(Response::new(pb::ListPluginsResponse {
+            plugins,
+            node: self.0.id,
+            compiles,
+        }))
     }
 
     type RollbackStream = BoxStream<pb::DeployProgress>;

@@ -96,6 +96,7 @@ impl NodeInner {
                 name: start.name.clone(),
                 sha256: sha256.clone(),
                 config: start.config.clone(),
+                label: start.label.clone(),
             })),
         };
         let last = match self.propose(activate).await {
@@ -247,21 +248,22 @@ impl NodeInner {
                 .last()
                 .ok_or_else(|| Status::failed_precondition(format!("{name} has no earlier version to roll back to")))?
         } else {
-            history.iter().find(|h| *h == sha256).ok_or_else(|| {
+            history.iter().find(|v| v.sha256 == sha256).ok_or_else(|| {
                 Status::invalid_argument(format!(
                     "{name} has no earlier version {sha256} (earlier versions: {})",
                     if history.is_empty() {
                         "none".to_string()
                     } else {
-                        history.join(", ")
+                        history.iter().map(|v| v.sha256.as_str()).collect::<Vec<_>>().join(", ")
                     }
                 ))
             })?
         };
         let activate = pb::Activate {
             name: name.to_string(),
-            sha256: target.clone(),
+            sha256: target.sha256.clone(),
             config: plugin.info.config.clone(),
+            label: target.label.clone(),
         };
         Ok((activate, plugin.info.activated_index))
     }

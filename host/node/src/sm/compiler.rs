@@ -185,6 +185,24 @@ impl Compiler {
         Err(failure)
     }
 
+    /// Every compile this node ran or runs, as (sha256, "compiling" | "ready" | the error).
+    pub fn states(&self) -> Vec<(String, String)> {
+        let jobs = lock(&self.jobs);
+        let mut states: Vec<(String, String)> = jobs
+            .iter()
+            .map(|(sha, job)| {
+                let state = match job {
+                    Job::Compiling => "compiling".to_string(),
+                    Job::Ready { .. } => "ready".to_string(),
+                    Job::Failed(e) => format!("failed: {e}"),
+                };
+                (sha.clone(), state)
+            })
+            .collect();
+        states.sort();
+        states
+    }
+
     /// The stored component `sha256`.
     fn stored(&self, sha256: &str) -> Result<Vec<u8>, String> {
         match self.store.blob_get(&component_key(sha256)) {

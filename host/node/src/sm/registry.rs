@@ -210,12 +210,19 @@ impl Machine {
         let previous = live.as_ref().map(|p| p.info.sha256.clone());
         // The versions before this one, each once, oldest first.
         let mut history = live.as_ref().map(|p| p.info.history.clone()).unwrap_or_default();
-        if let Some(previous) = &previous {
-            history.retain(|sha| sha != previous);
-            history.push(previous.clone());
+        if let Some(live) = &live {
+            history.retain(|v| v.sha256 != live.info.sha256);
+            history.push(pb::Version {
+                sha256: live.info.sha256.clone(),
+                label: live.info.label.clone(),
+                size: live.info.size,
+            });
         }
-        history.retain(|sha| *sha != activate.sha256);
-        let dropped: Vec<String> = history.drain(..history.len().saturating_sub(MAX_HISTORY)).collect();
+        history.retain(|v| v.sha256 != activate.sha256);
+        let dropped: Vec<String> = history
+            .drain(..history.len().saturating_sub(MAX_HISTORY))
+            .map(|v| v.sha256)
+            .collect();
         let info = pb::RegisteredPlugin {
             name: activate.name.clone(),
             sha256: activate.sha256.clone(),
@@ -225,6 +232,7 @@ impl Machine {
             // A new version takes over the data where it lies on this node.
             space: live.map_or_else(|| activate.name.clone(), |p| p.space().to_string()),
             history,
+            label: activate.label.clone(),
         };
         if activate.sha256.starts_with(BUILTIN_PREFIX)
             && let Err(e) = builtin(&activate.sha256)
@@ -268,7 +276,8 @@ impl Machine {
             return Ok(rejected(format!("remove: no plugin {} is active", retire.name)));
         };
         lock(&self.pending).batch.clear_space(plugin.space());
-        let versions = std::iter::once(plugin.info.sha256.clone()).chain(plugin.info.history.iter().cloned());
+        let versions =
+            std::iter::once(plugin.info.sha256.clone()).chain(plugin.info.history.iter().map(|v| v.sha256.clone()));
         self.delete_unreferenced(versions);
         info!(plugin = %retire.name, sha256 = %plugin.info.sha256, index, "plugin retired");
         Ok(pb::CommandResult {
@@ -288,7 +297,7 @@ impl Machine {
         let referenced = |sha: &str| {
             plugins
                 .iter()
-                .any(|p| p.info.sha256 == sha || p.info.history.iter().any(|h| h == sha))
+                .any(|p| p.info.sha256 == sha || p.info.history.iter().any(|v| v.sha256 == sha))
         };
         let mut pending = lock(&self.pending);
         for sha in versions {
