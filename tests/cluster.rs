@@ -192,7 +192,16 @@ async fn no_leader_yet_is_a_clear_unavailable_error() {
 
 /// The names of the plugins active on the cluster's first node.
 async fn active_plugins(cluster: &Cluster) -> Vec<String> {
-    let plugins = cluster.nodes[0]
+    plugins_at(&cluster.nodes[0])
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The plugins (name, sha256) active on `node`.
+async fn plugins_at(node: &common::NodeProc) -> Vec<(String, String)> {
+    let plugins = node
         .api()
         .await
         .list_plugins(pb::ListPluginsRequest {})
@@ -200,7 +209,7 @@ async fn active_plugins(cluster: &Cluster) -> Vec<String> {
         .unwrap()
         .into_inner()
         .plugins;
-    plugins.into_iter().map(|p| p.name).collect()
+    plugins.into_iter().map(|p| (p.name, p.sha256)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,15 +288,7 @@ async fn leadership_can_be_handed_to_another_voter() {
 async fn plugins_on_every_node(cluster: &Cluster) -> Vec<Vec<(String, String)>> {
     let mut all = Vec::new();
     for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
-        let plugins = node
-            .api()
-            .await
-            .list_plugins(pb::ListPluginsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .plugins;
-        all.push(plugins.into_iter().map(|p| (p.name, p.sha256)).collect());
+        all.push(plugins_at(node).await);
     }
     all
 }

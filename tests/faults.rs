@@ -152,6 +152,23 @@ fn put(key: &str, value: &str) -> String {
     format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#)
 }
 
+/// Every read began after `new` was acknowledged: each returned it, or failed retryably.
+fn assert_no_stale_read(reads: &[Read], acked: Instant, what: &str) {
+    for read in reads {
+        assert!(read.started > acked);
+        match &read.result {
+            Ok(value) => assert_eq!(
+                value, r#"{"value":"new"}"#,
+                "{what}: returned a stale value; reads: {reads:#?}"
+            ),
+            Err(status) => assert!(
+                matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+                "{what}: a failed read must be retryable: {status:?}"
+            ),
+        }
+    }
+}
+
 /// One read's outcome, as a client saw it.
 #[derive(Debug)]
 struct Read {
@@ -262,22 +279,11 @@ async fn no_stale_read_across_a_heal(n: u64, reader_is_old_leader: bool, consist
         }
         let reads = reads.await.unwrap();
 
-        let want = r#"{"value":"new"}"#;
-        for read in &reads {
-            assert!(read.started > acked);
-            match &read.result {
-                Ok(value) => assert_eq!(
-                    value,
-                    want,
-                    "round {round}: a {consistency:?} read at node {} returned a stale value: old leader {old}, new {new}; reads: {reads:#?}",
-                    reader.id()
-                ),
-                Err(status) => assert!(
-                    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
-                    "round {round}: a failed read must be retryable: {status:?}"
-                ),
-            }
-        }
+        let what = format!(
+            "round {round}: a {consistency:?} read at node {} (old leader {old}, new {new})",
+            reader.id()
+        );
+        assert_no_stale_read(&reads, acked, &what);
         assert!(
             reads.iter().any(|r| r.result.is_ok()),
             "round {round}: no read succeeded after the heal: {reads:#?}"
@@ -467,21 +473,11 @@ async fn no_stale_read_from_replies_held_across_a_cut(n: u64, reader_is_old_lead
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let reads = reads.await.unwrap();
         heal(&nodes);
-        for read in &reads {
-            assert!(read.started > acked);
-            match &read.result {
-                Ok(value) => assert_eq!(
-                    value,
-                    r#"{"value":"new"}"#,
-                    "round {round}: node {}, reading through node {old} deposed by {new}, answered a {consistency:?} read with a stale value: {reads:#?}",
-                    reader.id()
-                ),
-                Err(status) => assert!(
-                    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
-                    "round {round}: a failed read must be retryable: {status:?}"
-                ),
-            }
-        }
+        let what = format!(
+            "round {round}: a {consistency:?} read at node {} through node {old}, deposed by {new}",
+            reader.id()
+        );
+        assert_no_stale_read(&reads, acked, &what);
         leader_seen_by(old_node, |leader| leader == new).await;
         for write in pending {
             let _ = write.await;
