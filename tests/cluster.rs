@@ -554,6 +554,11 @@ async fn bad_deploys_are_refused_with_the_reason_and_change_nothing() {
             file("core.wasm", b"\0asm\x01\0\0\0"),
             "core WebAssembly module",
         ),
+        (
+            "other".into(),
+            wasmraft::plugins::FIXTURE_OTHER_WORLD.to_string(),
+            "does not implement world wasmraft:plugin/state-machine: no export `apply`",
+        ),
     ];
     for (name, path, reason) in &cases {
         let out = cluster.cli(&["deploy", name, path]).await;
