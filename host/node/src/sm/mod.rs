@@ -31,7 +31,7 @@ pub(crate) use digest::state_digest_hex;
 pub use engine::BUILTINS;
 pub(crate) use engine::{BUILTIN_PREFIX, Engine, builtin_name, missing_builtin};
 pub(crate) use registry::{ActivePlugin, Shared, component_key};
-pub(crate) use uploads::{STARTED as UPLOADS_STARTED, UPLOADS};
+pub(crate) use uploads::{STARTED as UPLOADS_STARTED, UNUSED as COMPONENTS_UNUSED, UPLOADS};
 
 use crate::pb::{self, command, command_result};
 use crate::types::{LogId, StoredMembership, TypeConfig};
@@ -275,19 +275,19 @@ impl Machine {
                         Some(command::Kind::BlobChunk(chunk)) => {
                             self.flush(registry_changed)?;
                             registry_changed = false;
-                            self.expire_uploads(timestamp_ms, Some(&chunk.sha256))?;
+                            self.collect_garbage(timestamp_ms, Some(&chunk.sha256))?;
                             vec![(log_id.index, self.apply_chunk(chunk, timestamp_ms)?, responder)]
                         }
                         Some(command::Kind::Activate(activate)) => {
                             self.flush(registry_changed)?;
-                            self.expire_uploads(timestamp_ms, None)?;
+                            self.collect_garbage(timestamp_ms, None)?;
                             let result = self.apply_activate(log_id.index, activate)?;
                             registry_changed = matches!(result.kind, Some(command_result::Kind::Activated(_)));
                             vec![(log_id.index, result, responder)]
                         }
                         Some(command::Kind::Retire(retire)) => {
                             self.flush(registry_changed)?;
-                            self.expire_uploads(timestamp_ms, None)?;
+                            self.collect_garbage(timestamp_ms, None)?;
                             let result = self.apply_retire(log_id.index, retire)?;
                             registry_changed = matches!(result.kind, Some(command_result::Kind::Retired(_)));
                             vec![(log_id.index, result, responder)]

@@ -256,6 +256,9 @@ impl Machine {
             return Ok(rejected(format!("activate {}: init failed: {e}", activate.name)));
         }
         self.shared.insert_plugin(Arc::new(plugin));
+        lock(&self.pending)
+            .batch
+            .delete_blob(&format!("{}{}", super::uploads::UNUSED, activate.sha256));
         self.delete_unreferenced(dropped);
         info!(plugin = %activate.name, sha256 = %activate.sha256, index, "plugin activated");
         Ok(pb::CommandResult {

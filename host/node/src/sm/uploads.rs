@@ -4,8 +4,10 @@
 //!
 //! An upload nobody finishes (its deploy failed, its leader died) is deleted everywhere: its first
 //! piece records the leader's timestamp, and the first control entry (piece, activation,
-//! retirement) whose leader timestamp is more than [`UPLOAD_TTL_MS`] later deletes its pieces. The
-//! decision rests on log data only, at a control entry (which flushes what came before it), so
+//! retirement) whose leader timestamp is more than [`UPLOAD_TTL_MS`] later deletes its pieces.
+//! A component that was assembled but never activated (its deploy's barrier failed) is marked
+//! the same way and deleted the same way, unless a plugin runs it or keeps it by then. The
+//! decisions rest on log data only, at a control entry (which flushes what came before it), so
 //! every replica deletes at the same index.
 
 use std::io;
@@ -28,6 +30,9 @@ pub(crate) const UPLOAD_TTL_MS: u64 = 10 * 60 * 1000;
 /// When each upload in progress started (its first piece's leader timestamp, u64 LE).
 pub(crate) const STARTED: &str = "upload-started/";
 
+/// Components assembled and not yet activated, with the leader timestamp of their last piece.
+pub(crate) const UNUSED: &str = "component-unused/";
+
 /// Where pieces of uploads in progress live in the blobs family.
 pub(crate) const UPLOADS: &str = "upload/";
 
@@ -41,17 +46,38 @@ fn is_sha256_hex(s: &str) -> bool {
 
 impl Machine {
     /// Deletes the uploads (but `except`) that started more than [`UPLOAD_TTL_MS`] before
-    /// `now_ms`, the leader timestamp of the control entry being applied.
-    pub(super) fn expire_uploads(&mut self, now_ms: u64, except: Option<&str>) -> io::Result<()> {
-        let started = self.shared.store.blob_scan_prefix(STARTED).map_err(io_err)?;
-        let mut pending = lock(&self.pending);
-        for (key, value) in started {
-            let sha256 = &key[STARTED.len()..];
+    /// `now_ms`, the leader timestamp of the control entry being applied, and the components
+    /// assembled that long ago that no plugin has used since.
+    pub(super) fn collect_garbage(&mut self, now_ms: u64, except: Option<&str>) -> io::Result<()> {
+        let store = &self.shared.store;
+        let started = store.blob_scan_prefix(STARTED).map_err(io_err)?;
+        let unused = store.blob_scan_prefix(UNUSED).map_err(io_err)?;
+        let expired = |value: Vec<u8>| {
             let since = value.try_into().map(u64::from_le_bytes).unwrap_or(0);
-            if Some(sha256) == except || now_ms <= since.saturating_add(UPLOAD_TTL_MS) {
+            now_ms > since.saturating_add(UPLOAD_TTL_MS)
+        };
+        let plugins = self.shared.plugins();
+        let mut pending = lock(&self.pending);
+        for (key, value) in unused {
+            let sha256 = &key[UNUSED.len()..];
+            if !expired(value) {
                 continue;
             }
-            info!(%sha256, started_ms = since, now_ms, "deleting an abandoned upload");
+            if !plugins
+                .iter()
+                .any(|p| p.info.sha256 == sha256 || p.info.history.iter().any(|v| v.sha256 == sha256))
+            {
+                info!(%sha256, now_ms, "deleting a component that was never activated");
+                pending.batch.delete_blob(&component_key(sha256));
+            }
+            pending.batch.delete_blob(&key);
+        }
+        for (key, value) in started {
+            let sha256 = &key[STARTED.len()..];
+            if Some(sha256) == except || !expired(value) {
+                continue;
+            }
+            info!(%sha256, now_ms, "deleting an abandoned upload");
             pending.batch.delete_blob_prefix(&upload_prefix(sha256));
             pending.batch.delete_blob(&key);
         }
@@ -121,6 +147,9 @@ impl Machine {
             )));
         }
         pending.batch.put_blob(&component_key(&chunk.sha256), &bytes);
+        pending
+            .batch
+            .put_blob(&format!("{UNUSED}{}", chunk.sha256), &timestamp_ms.to_le_bytes());
         // Compile it now, in the background: the deploy waits for every voter before it
         // proposes the activation.
         self.shared.compiler.start(&chunk.sha256, bytes);
@@ -159,6 +188,26 @@ mod tests {
             payload: EntryPayload::Normal(command),
         };
         sm.apply_entries(vec![(entry, None)]).unwrap();
+    }
+
+    fn stored(sm: &Machine, sha256: &str) -> bool {
+        sm.shared.store.blob_get(&component_key(sha256)).unwrap().is_some()
+    }
+
+    #[test]
+    fn a_component_never_activated_is_deleted_at_the_first_control_entry_past_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let sha = hex::encode(Sha256::digest([7u8; 12]));
+        for (i, offset) in [0, 4, 8].into_iter().enumerate() {
+            piece(&mut sm, i as u64 + 1, 1_000, &sha, offset);
+        }
+        assert!(stored(&sm, &sha), "the upload completed");
+        let other = "c".repeat(64);
+        piece(&mut sm, 4, 1_000 + UPLOAD_TTL_MS, &other, 0);
+        assert!(stored(&sm, &sha), "not past the deadline yet");
+        piece(&mut sm, 5, 1_001 + UPLOAD_TTL_MS, &other, 4);
+        assert!(!stored(&sm, &sha), "never activated: deleted");
     }
 
     fn pieces(sm: &Machine, sha256: &str) -> usize {

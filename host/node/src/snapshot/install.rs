@@ -200,6 +200,7 @@ pub(crate) fn install(
     }
     batch.delete_blob_prefix(UPLOADS);
     batch.delete_blob_prefix(UPLOADS_STARTED);
+    batch.delete_blob_prefix(COMPONENTS_UNUSED);
     for (key, value) in &staged.blobs {
         batch.put_blob(key, value);
     }
