@@ -185,6 +185,14 @@ impl Compiler {
         Err(failure)
     }
 
+    /// Drops what this node compiled of `sha256` (its component is being deleted).
+    pub fn forget(&self, sha256: &str) {
+        let mut jobs = lock(&self.jobs);
+        if !matches!(jobs.get(sha256), Some(Job::Compiling)) {
+            jobs.remove(sha256);
+        }
+    }
+
     /// Every compile this node ran or runs, as (sha256, "compiling" | "ready" | the error).
     pub fn states(&self) -> Vec<(String, String)> {
         let jobs = lock(&self.jobs);

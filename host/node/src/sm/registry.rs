@@ -307,6 +307,7 @@ impl Machine {
             if !sha.starts_with(BUILTIN_PREFIX) && !referenced(&sha) {
                 info!(%sha, "deleting a component no plugin version uses");
                 pending.batch.delete_blob(&component_key(&sha));
+                self.shared.compiler.forget(&sha);
             }
         }
     }

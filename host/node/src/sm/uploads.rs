@@ -69,6 +69,7 @@ impl Machine {
             {
                 info!(%sha256, now_ms, "deleting a component that was never activated");
                 pending.batch.delete_blob(&component_key(sha256));
+                self.shared.compiler.forget(sha256);
             }
             pending.batch.delete_blob(&key);
         }
