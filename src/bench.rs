@@ -194,7 +194,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
         let mut api = client::connect(&args.endpoint).await?;
         let plugins = api.list_plugins(pb::ListPluginsRequest {}).await?.into_inner().plugins;
         if !plugins.iter().any(|p| p.name == "native-kv") {
-            client::activate_builtin(&mut api, "native-kv", "kv-native")
+            crate::deploy::activate_builtin(&mut api, "native-kv", "kv-native")
                 .await
                 .map_err(|s| anyhow::anyhow!("activating native-kv: {}", s.message()))?;
         }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod deploy;
 mod dev;
 mod progress;
 mod snapshot_bench;
@@ -276,13 +277,13 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             file,
             config,
             label,
-        } => client::deploy(&endpoint.endpoint, name, &file, config.into_bytes(), label).await,
+        } => deploy::deploy(&endpoint.endpoint, name, &file, config.into_bytes(), label).await,
         Command::Plugins { endpoint, command } => match command {
-            None => client::plugins(&endpoint.endpoint).await,
+            None => deploy::plugins(&endpoint.endpoint).await,
             Some(PluginsCommand::Rollback { name, sha256 }) => {
-                client::rollback(&endpoint.endpoint, name, sha256.unwrap_or_default()).await
+                deploy::rollback(&endpoint.endpoint, name, sha256.unwrap_or_default()).await
             }
-            Some(PluginsCommand::Remove { name, yes }) => client::remove(&endpoint.endpoint, name, yes).await,
+            Some(PluginsCommand::Remove { name, yes }) => deploy::remove(&endpoint.endpoint, name, yes).await,
         },
         Command::Cluster { endpoint, command } => {
             let ep = &endpoint.endpoint;

@@ -1,0 +1,281 @@
+//! The plugin commands: `deploy` (upload, the readiness barrier's progress, activation),
+//! `plugins` (versions, and each node's view), `plugins rollback`, `plugins remove`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use wasmraft_node::pb::{self, api_client::ApiClient};
+
+use crate::client::{connect, report};
+
+/// Piece size of a deploy stream (the node re-chunks into log entries).
+const UPLOAD_PIECE: usize = 256 << 10;
+
+/// A deploy's outcome: the component's sha256, its activation index, and each voter's compile.
+pub struct Deployed {
+    pub sha256: String,
+    pub index: u64,
+    pub compiles: Vec<pb::NodeCompile>,
+}
+
+/// Uploads and activates a component, reporting each progress message to `on_progress`.
+pub async fn deploy_bytes(
+    client: &mut ApiClient<Channel>,
+    name: &str,
+    bytes: Vec<u8>,
+    config: Vec<u8>,
+    label: &str,
+    mut on_progress: impl FnMut(&pb::DeployProgress),
+) -> Result<Deployed, tonic::Status> {
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let start = pb::DeployRequest {
+        part: Some(pb::deploy_request::Part::Start(pb::DeployStart {
+            name: name.to_string(),
+            sha256: sha256.clone(),
+            size: bytes.len() as u64,
+            config,
+            label: label.to_string(),
+        })),
+    };
+    let pieces: Vec<pb::DeployRequest> = bytes
+        .chunks(UPLOAD_PIECE)
+        .map(|piece| pb::DeployRequest {
+            part: Some(pb::deploy_request::Part::Data(piece.to_vec())),
+        })
+        .collect();
+    let requests = futures::stream::iter(std::iter::once(start).chain(pieces));
+    let mut progress = client.deploy(requests).await?.into_inner();
+    let mut activated = None;
+    let mut compiles = Vec::new();
+    while let Some(msg) = progress.next().await {
+        let msg = msg?;
+        on_progress(&msg);
+        if !msg.compiles.is_empty() {
+            compiles = msg.compiles;
+        }
+        if let Some(index) = msg.activated_index {
+            activated = Some(index);
+        }
+    }
+    let index = activated.ok_or_else(|| tonic::Status::internal("deploy ended without an activation"))?;
+    Ok(Deployed {
+        sha256,
+        index,
+        compiles,
+    })
+}
+
+/// One voter's compile, as a deploy reports it: "node 2 ready (cached)", "node 3 compiling".
+fn compile_state(c: &pb::NodeCompile) -> String {
+    match c.state.as_str() {
+        "ready" if c.from_cache => format!("node {} ready (cached)", c.node),
+        "ready" => format!("node {} ready ({:.1} s)", c.node, c.compile_ms as f64 / 1000.0),
+        state => format!("node {} {state}", c.node),
+    }
+}
+
+/// Activates a built-in of the node (e.g. `kv-native`) under `name`.
+pub async fn activate_builtin(
+    client: &mut ApiClient<Channel>,
+    name: &str,
+    builtin: &str,
+) -> Result<u64, tonic::Status> {
+    let start = pb::DeployRequest {
+        part: Some(pb::deploy_request::Part::Start(pb::DeployStart {
+            name: name.to_string(),
+            sha256: format!("builtin:{builtin}"),
+            size: 0,
+            config: Vec::new(),
+            label: String::new(),
+        })),
+    };
+    let mut progress = client.deploy(futures::stream::iter([start])).await?.into_inner();
+    let mut activated = None;
+    while let Some(msg) = progress.next().await {
+        activated = msg?.activated_index.or(activated);
+    }
+    activated.ok_or_else(|| tonic::Status::internal("activation did not report an index"))
+}
+
+pub async fn deploy(
+    endpoint: &str,
+    name: String,
+    file: &Path,
+    config: Vec<u8>,
+    label: String,
+) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut client = connect(endpoint).await?;
+    let started = Instant::now();
+    let progress = crate::progress::bytes(bytes.len() as u64, &format!("deploy {name}"));
+    let result = deploy_bytes(&mut client, &name, bytes, config, &label, |msg| {
+        progress.set_position(msg.committed_bytes);
+        if !msg.compiles.is_empty() {
+            let states: Vec<String> = msg.compiles.iter().map(compile_state).collect();
+            progress.set_message(format!("compiling: {}", states.join(", ")));
+        }
+    })
+    .await;
+    progress.finish_and_clear();
+    match result {
+        Ok(deployed) => {
+            println!("deployed {name}");
+            println!("  sha256      {}", deployed.sha256);
+            println!("  activated   at log index {}", deployed.index);
+            if !deployed.compiles.is_empty() {
+                let states: Vec<String> = deployed.compiles.iter().map(compile_state).collect();
+                println!("  compiled    {}", states.join(", "));
+            }
+            println!("  took        {:.2} s", started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn plugins(endpoint: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    match client.list_plugins(pb::ListPluginsRequest {}).await {
+        Ok(resp) => {
+            let plugins = resp.into_inner().plugins;
+            if plugins.is_empty() {
+                println!("no plugins (deploy one: wasmraft deploy NAME FILE.wasm)");
+            }
+            for p in plugins {
+                println!(
+                    "{:<16} {}  {:>9} bytes  active since index {}{}",
+                    p.name,
+                    p.sha256,
+                    p.size,
+                    p.activated_index,
+                    labelled(&p.label)
+                );
+                for (i, earlier) in p.history.iter().rev().enumerate() {
+                    let what = if i == 0 { "earlier:" } else { "" };
+                    println!(
+                        "{what:>16} {}  {:>9} bytes{}",
+                        earlier.sha256,
+                        earlier.size,
+                        labelled(&earlier.label)
+                    );
+                }
+            }
+            every_node(&mut client).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+/// Each member's view: the version it runs of each plugin (first 12 hex digits of the sha256),
+/// and its compiles that are not done or failed.
+async fn every_node(client: &mut ApiClient<Channel>) {
+    let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await else {
+        return;
+    };
+    let nodes = status.into_inner().nodes;
+    if nodes.is_empty() {
+        return;
+    }
+    println!("nodes");
+    for node in nodes {
+        let answer = match connect(&node.addr).await {
+            Ok(mut api) => api
+                .list_plugins(pb::ListPluginsRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let line = match answer {
+            Ok(view) => {
+                let mut parts: Vec<String> = view
+                    .plugins
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, &p.sha256[..p.sha256.len().min(12)]))
+                    .collect();
+                parts.extend(
+                    view.compiles
+                        .iter()
+                        .filter(|c| c.state != "ready")
+                        .map(|c| format!("{} {}", &c.sha256[..c.sha256.len().min(12)], c.state)),
+                );
+                if parts.is_empty() {
+                    "no plugins".to_string()
+                } else {
+                    parts.join(", ")
+                }
+            }
+            Err(e) => format!("unreachable: {e}"),
+        };
+        println!("  node {:<4} {line}", node.id);
+    }
+}
+
+/// `  (label)` after a version, or nothing.
+fn labelled(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!("  ({label})")
+    }
+}
+
+pub async fn rollback(endpoint: &str, name: String, sha256: String) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let started = Instant::now();
+    let progress = crate::progress::spinner(&format!("rolling back {name}"));
+    let request = pb::RollbackRequest {
+        name: name.clone(),
+        sha256,
+    };
+    let result = async {
+        let mut stream = client.rollback(request).await?.into_inner();
+        let mut last = None;
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            if !msg.compiles.is_empty() {
+                let states: Vec<String> = msg.compiles.iter().map(compile_state).collect();
+                progress.set_message(format!("rolling back {name}: {}", states.join(", ")));
+            }
+            last = Some(msg);
+        }
+        last.filter(|m| m.activated_index.is_some())
+            .ok_or_else(|| tonic::Status::internal("rollback ended without an activation"))
+    }
+    .await;
+    progress.finish_and_clear();
+    match result {
+        Ok(done) => {
+            println!("rolled back {name}");
+            println!("  sha256      {}", done.sha256);
+            println!("  activated   at log index {}", done.activated_index.unwrap_or(0));
+            println!("  took        {:.2} s", started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+pub async fn remove(endpoint: &str, name: String, yes: bool) -> anyhow::Result<ExitCode> {
+    if !yes {
+        eprintln!("error (bad request): removing {name} deletes its data on every node; add --yes to confirm");
+        return Ok(ExitCode::from(1));
+    }
+    let mut client = connect(endpoint).await?;
+    match client
+        .remove_plugin(pb::RemovePluginRequest { name: name.clone() })
+        .await
+    {
+        Ok(resp) => {
+            println!("removed {name} at log index {}", resp.into_inner().index);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
