@@ -105,12 +105,8 @@ pub async fn query(
     }
 }
 
-pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
-    let s = match client.cluster_status(pb::ClusterStatusRequest {}).await {
-        Ok(resp) => resp.into_inner(),
-        Err(status) => return Ok(report(&status)),
-    };
+/// Prints one node's status the way `cluster status` shows it.
+pub fn print_status(s: &pb::ClusterStatusResponse) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!("node {} ({}), term {}", s.id, s.state, s.term);
     match s.leader_id {
@@ -153,7 +149,7 @@ pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
             println!("  builds failed {}, last: {}", snap.build_failed, snap.last_build_error);
         }
     }
-    for n in s.nodes {
+    for n in &s.nodes {
         println!(
             "  node {:<4} {:<28} {:<8} matched {}",
             n.id,
@@ -162,10 +158,9 @@ pub async fn status(endpoint: &str) -> anyhow::Result<ExitCode> {
             opt(n.matched_index)
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
-fn mb(bytes: u64) -> String {
+pub fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 

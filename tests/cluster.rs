@@ -678,3 +678,41 @@ async fn a_deploy_through_the_leader_that_dies_mid_upload_is_all_or_nothing() {
 async fn a_deploy_through_a_follower_whose_leader_dies_mid_upload_is_all_or_nothing() {
     deploy_while_the_leader_dies(false).await;
 }
+
+/// `cluster status --all` asks every member and prints one table (`--json` for scripts); a node
+/// whose digest differs from the others' at the same applied index is flagged, and the command
+/// exits 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_status_all_shows_every_node_and_flags_a_diverged_digest() {
+    let mut cluster = Cluster::start_with_kv(3).await;
+    let mut api = cluster.nodes[0].api().await;
+    call(&mut api, "kv", &put("a", "1")).await.unwrap();
+    cluster.converged().await;
+
+    let out = cluster.cli(&["cluster", "status", "--all"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    for id in 1..=3 {
+        assert!(table.lines().any(|l| l.starts_with(&format!("{id} "))), "{table}");
+    }
+    assert!(table.contains("leader") && !table.contains("DIVERGED"), "{table}");
+    let out = cluster.cli(&["cluster", "status", "--all", "--json"]).await;
+    let parsed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let nodes = parsed["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(
+        nodes.iter().all(|n| n["state_digest"] == nodes[0]["state_digest"]),
+        "{parsed}"
+    );
+
+    let node = cluster.node(3);
+    node.kill();
+    node.start_with_env(&[("WASMRAFT_FAILPOINT", "status-digest-perturbed")]);
+    cluster.converged().await;
+    let out = cluster.cli(&["cluster", "status", "--all"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let table = stdout(&out);
+    let flagged: Vec<&str> = table.lines().filter(|l| l.contains("DIVERGED")).collect();
+    assert_eq!(flagged.len(), 1, "{table}");
+    assert!(flagged[0].starts_with("3 "), "{table}");
+}

@@ -138,7 +138,12 @@ impl NodeInner {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let (digest_index, state_digest) = self.shared.state_digest();
+        let (digest_index, mut state_digest) = self.shared.state_digest();
+        // Test-only: report a digest that differs from the replicas' (tests of divergence
+        // reporting arm it on one node).
+        if std::env::var("WASMRAFT_FAILPOINT").is_ok_and(|armed| armed == "status-digest-perturbed") {
+            state_digest = format!("{:0>64}", "bad");
+        }
         pb::ClusterStatusResponse {
             id: self.id,
             state: state.into(),

@@ -1,0 +1,185 @@
+//! `cluster status`: one node's view, or with `--all` every member's in one table, with digests
+//! that differ at an equal applied index flagged; `--json` for scripts.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+use wasmraft_node::pb;
+
+use crate::client::{connect, mb, report};
+
+/// A node's status as JSON.
+fn to_json(s: &pb::ClusterStatusResponse) -> Value {
+    let snapshot = s.snapshot.as_ref().map(|snap| {
+        json!({
+            "last_log_index": snap.last_log_id.as_ref().map(|id| id.index),
+            "file_bytes": snap.file_bytes,
+            "purged_index": snap.purged_index,
+            "built": snap.built,
+            "sent": snap.sent,
+            "installed": snap.installed,
+            "building": snap.building,
+        })
+    });
+    json!({
+        "id": s.id,
+        "state": s.state,
+        "term": s.term,
+        "leader_id": s.leader_id,
+        "last_log_index": s.last_log_index,
+        "committed_index": s.committed_index,
+        "applied_index": s.applied_index,
+        "state_digest": s.state_digest,
+        "digest_index": s.digest_index,
+        "joint": s.joint,
+        "snapshot": snapshot,
+        "members": s.nodes.iter().map(|n| json!({"id": n.id, "addr": n.addr, "voter": n.voter, "matched_index": n.matched_index})).collect::<Vec<_>>(),
+    })
+}
+
+/// One member as `--all` sees it.
+struct Row {
+    id: u64,
+    addr: String,
+    status: Result<pb::ClusterStatusResponse, String>,
+    plugins: Vec<String>,
+}
+
+/// Nodes whose digest differs from the one most nodes report at the same applied index.
+fn diverged(rows: &[Row]) -> BTreeMap<u64, String> {
+    let mut by_index: BTreeMap<u64, Vec<(u64, &str)>> = BTreeMap::new();
+    for row in rows {
+        if let Ok(s) = &row.status {
+            by_index
+                .entry(s.digest_index)
+                .or_default()
+                .push((row.id, &s.state_digest));
+        }
+    }
+    let mut flagged = BTreeMap::new();
+    for (index, digests) in by_index {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, digest) in &digests {
+            *counts.entry(digest).or_default() += 1;
+        }
+        let Some((common, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
+            continue;
+        };
+        for (id, digest) in &digests {
+            if digest != common {
+                flagged.insert(*id, format!("digest differs from the others' at index {index}"));
+            }
+        }
+    }
+    flagged
+}
+
+pub async fn status(endpoint: &str, all: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let s = match client.cluster_status(pb::ClusterStatusRequest {}).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => return Ok(report(&status)),
+    };
+    if !all {
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&to_json(&s))?);
+        } else {
+            crate::client::print_status(&s);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = Vec::new();
+    for member in &s.nodes {
+        let mut row = Row {
+            id: member.id,
+            addr: member.addr.clone(),
+            status: Err(String::new()),
+            plugins: Vec::new(),
+        };
+        match connect(&member.addr).await {
+            Ok(mut api) => {
+                row.status = api
+                    .cluster_status(pb::ClusterStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| e.message().to_string());
+                if let Ok(list) = api.list_plugins(pb::ListPluginsRequest {}).await {
+                    row.plugins = list.into_inner().plugins.into_iter().map(|p| p.name).collect();
+                }
+            }
+            Err(e) => row.status = Err(e.to_string()),
+        }
+        rows.push(row);
+    }
+    let flagged = diverged(&rows);
+    let top = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok()?.applied_index)
+        .max()
+        .unwrap_or(0);
+    if as_json {
+        let nodes: Vec<Value> = rows
+            .iter()
+            .map(|r| match &r.status {
+                Ok(s) => {
+                    let mut v = to_json(s);
+                    v["plugins"] = json!(r.plugins);
+                    v["lag"] = json!(top - s.applied_index.unwrap_or(0));
+                    v["diverged"] = json!(flagged.get(&r.id));
+                    v
+                }
+                Err(e) => json!({"id": r.id, "addr": r.addr, "unreachable": e}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);
+    } else {
+        println!(
+            "{:<5} {:<10} {:>5} {:>9} {:>6}  {:<26} {:<18} plugins",
+            "node", "role", "term", "applied", "lag", "digest @ index", "snapshot"
+        );
+        for r in &rows {
+            let s = match &r.status {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("{:<5} unreachable at {}: {e}", r.id, r.addr);
+                    continue;
+                }
+            };
+            let applied = s.applied_index.unwrap_or(0);
+            let snapshot = s.snapshot.as_ref().map_or("-".to_string(), |snap| {
+                snap.last_log_id.as_ref().map_or("none".to_string(), |id| {
+                    format!("@{} {}", id.index, mb(snap.file_bytes))
+                })
+            });
+            let digest = format!(
+                "{} @ {}",
+                &s.state_digest[..s.state_digest.len().min(12)],
+                s.digest_index
+            );
+            println!(
+                "{:<5} {:<10} {:>5} {:>9} {:>6}  {:<26} {:<18} {}{}",
+                r.id,
+                s.state,
+                s.term,
+                applied,
+                top - applied,
+                digest,
+                snapshot,
+                if r.plugins.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.plugins.join(",")
+                },
+                flagged
+                    .get(&r.id)
+                    .map_or(String::new(), |why| format!("  DIVERGED: {why}"))
+            );
+        }
+    }
+    Ok(if flagged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
