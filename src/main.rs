@@ -36,6 +36,16 @@ macro_rules! say {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs are written to stderr: text, or JSON (one object a line, with every field: node
+    /// spans, plugin name and entry index for plugin logs).
+    #[arg(long, value_enum, env = "WASMRAFT_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where a client command connects.
@@ -220,14 +230,19 @@ enum PluginCommand {
 const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=error,openraft::core::heartbeat=error,openraft::engine::handler::replication_handler=error";
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()) {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

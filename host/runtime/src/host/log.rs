@@ -1,5 +1,5 @@
 //! `wasmraft:plugin/log`: plugin log records go to the node's `tracing` output, tagged with the
-//! plugin name. Never part of replicated state.
+//! plugin name and the log index of the entry being applied. Never part of replicated state.
 
 use crate::bindings::{Level, log, wasmraft::plugin::types};
 use crate::host::HostState;
@@ -26,12 +26,14 @@ impl log::Host for HostState {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let message = truncate(message);
         let plugin = &*self.plugin;
+        // The log index of the entry being applied; none in init, queries and snapshots.
+        let entry = self.apply.current;
         match level {
-            Level::Trace => tracing::trace!(target: "wasmraft::plugin", plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "wasmraft::plugin", plugin, "{message}"),
-            Level::Info => tracing::info!(target: "wasmraft::plugin", plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "wasmraft::plugin", plugin, "{message}"),
-            Level::Error => tracing::error!(target: "wasmraft::plugin", plugin, "{message}"),
+            Level::Trace => tracing::trace!(target: "wasmraft::plugin", plugin, entry, "{message}"),
+            Level::Debug => tracing::debug!(target: "wasmraft::plugin", plugin, entry, "{message}"),
+            Level::Info => tracing::info!(target: "wasmraft::plugin", plugin, entry, "{message}"),
+            Level::Warn => tracing::warn!(target: "wasmraft::plugin", plugin, entry, "{message}"),
+            Level::Error => tracing::error!(target: "wasmraft::plugin", plugin, entry, "{message}"),
         }
         Ok(())
     }
