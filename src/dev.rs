@@ -60,6 +60,8 @@ pub async fn dev(opts: DevOptions) -> anyhow::Result<ExitCode> {
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
         let mut config = NodeConfig::new(id, listen, data_dir.join(format!("node-{id}")));
         config.compile_cache_dir = Some(data_dir.join("compiled"));
+        let metrics_port = u16::try_from(port as u64 + 100).context("--base-port + 100 is past port 65535")?;
+        config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], metrics_port)));
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting node {id} on {listen} (is the port in use? try --base-port)"))?;
@@ -101,7 +103,10 @@ pub async fn dev(opts: DevOptions) -> anyhow::Result<ExitCode> {
 
     println!("wasmraft dev: {} nodes, data in {}", opts.nodes, data_dir.display());
     for node in &nodes {
-        println!("  node {}  {}", node.id(), node.addr());
+        let metrics = node
+            .metrics_addr()
+            .map_or(String::new(), |a| format!("  metrics http://{a}/metrics"));
+        println!("  node {}  {}{metrics}", node.id(), node.addr());
     }
     println!();
     println!("Try (in another terminal):");
@@ -137,6 +142,8 @@ pub struct NodeFile {
     pub data_dir: PathBuf,
     /// Compiled-component cache; default data_dir/compiled. Nodes on one machine may share one.
     pub compile_cache_dir: Option<PathBuf>,
+    /// Where `/metrics` is served over HTTP (e.g. "127.0.0.1:7101"); default: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// The initial voters other than this node, id -> address; `wasmraft cluster init` uses them.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -156,6 +163,7 @@ pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, 
     let mut config = NodeConfig::new(file.id, file.listen, base.join(&file.data_dir));
     config.advertise = file.advertise;
     config.compile_cache_dir = file.compile_cache_dir.map(|dir| base.join(dir));
+    config.metrics_listen = file.metrics_listen;
     config.raft = file.raft;
     config.limits = file.limits;
     config.snapshot = file.snapshot;

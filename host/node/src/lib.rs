@@ -15,6 +15,7 @@
 
 mod api;
 mod cluster;
+pub mod metrics;
 mod node;
 mod raft;
 mod sm;

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     /// Where compiled components are cached; default `data_dir/compiled`. Nodes on one machine
     /// may share one (entries are written atomically, named by sha256 and engine).
     pub compile_cache_dir: Option<PathBuf>,
+    /// Where `/metrics` (Prometheus text) is served over HTTP; none: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// The voters (id -> address) an `Init` naming none uses; empty: this node alone.
     pub initial_members: BTreeMap<NodeId, String>,
     pub snapshot: SnapshotConfig,
@@ -70,6 +72,7 @@ impl NodeConfig {
             raft: RaftConfig::default(),
             limits: Limits::default(),
             compile_cache_dir: None,
+            metrics_listen: None,
             initial_members: BTreeMap::new(),
             snapshot: SnapshotConfig::default(),
         }
@@ -81,6 +84,8 @@ pub struct Node {
     pub inner: Arc<NodeInner>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// `/metrics`: its address, and what stops it.
+    metrics: Option<(SocketAddr, oneshot::Sender<()>)>,
 }
 
 impl Node {
@@ -145,6 +150,20 @@ impl Node {
             receiving: Arc::default(),
             initial_members: config.initial_members.clone(),
         });
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
+                let bound = listener.local_addr()?;
+                let (stop, stopped) = oneshot::channel::<()>();
+                crate::api::serve_metrics(inner.clone(), listener, async {
+                    let _ = stopped.await;
+                });
+                Some((bound, stop))
+            }
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let server = crate::api::serve(inner.clone(), listener, async {
             let _ = stopped.await;
@@ -154,6 +173,7 @@ impl Node {
             inner,
             stop: Some(stop),
             server: Some(server),
+            metrics,
         })
     }
 
@@ -163,6 +183,11 @@ impl Node {
 
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn raft(&self) -> &Raft {
@@ -202,6 +227,9 @@ impl Node {
     /// Stops serving and stops Raft.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some((_, stop)) = self.metrics.take() {
             let _ = stop.send(());
         }
         self.inner

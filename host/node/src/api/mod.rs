@@ -2,7 +2,10 @@
 //! `Api` for clients and admins. [`serve`] runs both on one listener.
 
 mod client;
+mod metrics;
 mod peer;
+
+pub(crate) use metrics::serve_metrics;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -326,6 +326,9 @@ impl Machine {
             // A node fault (storage, engine): stop applying rather than record a result.
             io_err(format!("plugin {}: {e}", plugin.info.name))
         })?;
+        self.shared
+            .metrics
+            .count_apply(&plugin.info.name, outcomes.iter().map(|o| o.result.as_ref().err()));
         Ok(outcomes
             .into_iter()
             .zip(responders)

@@ -118,6 +118,8 @@ pub struct Shared {
     pub runtime: Runtime,
     /// Compiles uploaded components in the background (off the apply path).
     pub compiler: Arc<Compiler>,
+    /// Counters of what the apply path did (scraped at `/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     plugins: RwLock<BTreeMap<String, Arc<ActivePlugin>>>,
     /// Written while an apply call's batch lands in RocksDB, read by queries: a query sees the
     /// state between two apply calls, never half of one.
@@ -130,6 +132,7 @@ impl Shared {
     pub(super) fn new(store: Store, runtime: Runtime, digest: (u64, String)) -> Self {
         Self {
             compiler: Compiler::new(runtime.clone(), store.clone()),
+            metrics: Arc::default(),
             store,
             runtime,
             plugins: RwLock::new(BTreeMap::new()),
