@@ -38,7 +38,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn metrics_count_applied_entries_and_plugin_errors_by_kind_on_every_node() {
+async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for id in 1..=3 {
@@ -103,6 +103,12 @@ async fn metrics_count_applied_entries_and_plugin_errors_by_kind_on_every_node()
             ),
             Some(1.0),
             "node {id}"
+        );
+        let fsyncs = value(&scrape, "wasmraft_log_fsyncs_total", &[]).unwrap_or(0.0);
+        let appends = value(&scrape, "wasmraft_log_fsync_appends_total", &[]).unwrap_or(0.0);
+        assert!(
+            fsyncs >= 1.0 && appends >= fsyncs,
+            "node {id}: {fsyncs} fsyncs, {appends} appends"
         );
         let leads = if id == leader { 1.0 } else { 0.0 };
         assert_eq!(value(&scrape, "wasmraft_is_leader", &[]), Some(leads), "node {id}");

@@ -134,7 +134,7 @@ impl Node {
             config.id,
             Arc::new(raft_config),
             network.clone(),
-            LogStore::new(store),
+            LogStore::with_metrics(store, shared.metrics.clone()),
             state_machine,
         )
         .await?;

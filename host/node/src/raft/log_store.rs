@@ -8,13 +8,14 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use prost::Message;
 use wasmraft_store::Store;
 
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use crate::util::io_err;
@@ -34,6 +35,11 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn new(store: Store) -> Self {
+        Self::with_metrics(store, Arc::default())
+    }
+
+    /// A log store that counts its fsyncs in `metrics`.
+    pub fn with_metrics(store: Store, metrics: Arc<Metrics>) -> Self {
         let (syncer, pending) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let sync_store = store.clone();
         let sync_thread = std::thread::Builder::new()
@@ -43,7 +49,11 @@ impl LogStore {
                 while let Ok(first) = pending.recv() {
                     let mut group = vec![first];
                     group.extend(pending.try_iter());
+                    let started = std::time::Instant::now();
                     let result = sync_store.sync();
+                    metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.fsyncs.inc();
+                    metrics.fsync_appends.inc_by(group.len() as u64);
                     for callback in group {
                         callback.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
                     }
