@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmraft_node::pb::Consistency;
 use wasmraft_node::{Node, NodeConfig};
 
 async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
@@ -35,6 +36,19 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
             | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
         })
+}
+
+/// How many queries at `consistency` the latency histogram counted.
+fn queries(scrape: &prometheus_parse::Scrape, consistency: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "wasmraft_query_seconds" && s.labels.get("consistency") == Some(consistency))
+        .and_then(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+            _ => None,
+        })
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,6 +84,15 @@ async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every
     }
     assert!(common::call(&mut api, "kv", r#"{"op":"nope"}"#).await.is_err());
     assert!(common::call(&mut api, "panics", r#""attack""#).await.is_err());
+
+    for consistency in [Consistency::Linearizable, Consistency::Linearizable, Consistency::Local] {
+        common::query(&mut api, "kv", r#"{"op":"get","key":"k1"}"#, consistency)
+            .await
+            .unwrap();
+    }
+    let first = scrape(nodes[0].metrics_addr().unwrap()).await;
+    assert_eq!(queries(&first, "LINEARIZABLE"), 2.0, "{:?}", first.samples);
+    assert_eq!(queries(&first, "LOCAL"), 1.0);
 
     let leader = nodes[0].current_leader().unwrap();
     let last = nodes[0].last_log_id().1;

@@ -26,6 +26,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsistencyLabels {
+    /// LINEARIZABLE, LEASE or LOCAL.
+    pub consistency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
 }
@@ -54,6 +60,8 @@ pub struct Metrics {
     pub fsync_appends: Counter,
     /// How long each log fsync took, in seconds.
     pub fsync_seconds: Histogram,
+    /// How long queries took (read barrier and answer), by consistency, in seconds.
+    query_seconds: Family<ConsistencyLabels, Histogram, fn() -> Histogram>,
     /// Command entries applied, by plugin.
     pub entries_applied: Family<PluginLabels, Counter>,
     /// Apply calls into a plugin (a run of entries to one plugin is one call), by plugin.
@@ -76,8 +84,8 @@ impl Default for Metrics {
         Self {
             fsyncs: Counter::default(),
             fsync_appends: Counter::default(),
-            // 50 µs to about 0.8 s.
-            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
+            fsync_seconds: latency_histogram(),
+            query_seconds: Family::new_with_constructor(latency_histogram),
             entries_applied: Family::default(),
             apply_calls: Family::default(),
             plugin_errors: Family::default(),
@@ -94,6 +102,11 @@ impl Default for Metrics {
     }
 }
 
+/// Buckets for latencies: 50 µs to about 0.8 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 15))
+}
+
 /// The label value of a plugin error's kind.
 pub fn error_kind(e: &PluginError) -> &'static str {
     match e {
@@ -108,6 +121,14 @@ pub fn error_kind(e: &PluginError) -> &'static str {
 }
 
 impl Metrics {
+    /// Records one query's latency at `consistency`.
+    pub fn observe_query(&self, consistency: &str, took: std::time::Duration) {
+        let labels = ConsistencyLabels {
+            consistency: consistency.into(),
+        };
+        self.query_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
     /// Counts one apply call of `plugin` and its outcomes.
     pub fn count_apply<'a>(&self, plugin: &str, outcomes: impl Iterator<Item = Option<&'a PluginError>>) {
         let labels = PluginLabels { plugin: plugin.into() };
@@ -154,6 +175,11 @@ impl Metrics {
             "log_fsync_seconds",
             "How long each log fsync took",
             self.fsync_seconds.clone(),
+        );
+        registry.register(
+            "query_seconds",
+            "How long queries took (read barrier and answer), by consistency",
+            self.query_seconds.clone(),
         );
         registry.register("term", "The node's current Raft term", self.term.clone());
         registry.register("is_leader", "1 when this node leads", self.is_leader.clone());

@@ -85,29 +85,14 @@ impl pb::api_server::Api for ApiService {
     }
 
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
-        let req = req.into_inner();
-        let consistency = req.consistency();
-        self.0.read_barrier(consistency).await?;
-        let plugin = self
-            .0
+        let started = std::time::Instant::now();
+        let consistency = req.get_ref().consistency();
+        let answer = self.answer_query(req.into_inner()).await;
+        self.0
             .shared
-            .plugin(&req.plugin)
-            .ok_or_else(|| Status::not_found(format!("unknown plugin {:?}", req.plugin)))?;
-        let shared = self.0.shared.clone();
-        let name = req.plugin.clone();
-        let (answer, applied_index) = tokio::task::spawn_blocking(move || {
-            let answer = shared.query(&plugin, &req.request);
-            (answer.map(|a| (a, plugin.info.sha256.clone())), shared.state_digest().0)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let (answer, version) = answer.map_err(|e| Status::internal(format!("plugin {name}: {e}")))?;
-        let result = answer.map_err(|e| Status::failed_precondition(format!("plugin {name}: {e}")))?;
-        Ok(Response::new(pb::QueryResponse {
-            result,
-            version,
-            applied_index,
-        }))
+            .metrics
+            .observe_query(consistency.as_str_name(), started.elapsed());
+        answer
     }
 
     type DeployStream = BoxStream<pb::DeployProgress>;
@@ -308,5 +293,32 @@ fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> A
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => AdminError::Moved(forward.to_string()),
         e => AdminError::Failed(Status::failed_precondition(e.to_string())),
+    }
+}
+
+impl ApiService {
+    /// A query at its consistency: the read barrier, then the plugin's answer.
+    async fn answer_query(&self, req: pb::QueryRequest) -> Result<Response<pb::QueryResponse>, Status> {
+        self.0.read_barrier(req.consistency()).await?;
+        let plugin = self
+            .0
+            .shared
+            .plugin(&req.plugin)
+            .ok_or_else(|| Status::not_found(format!("unknown plugin {:?}", req.plugin)))?;
+        let shared = self.0.shared.clone();
+        let name = req.plugin.clone();
+        let (answer, applied_index) = tokio::task::spawn_blocking(move || {
+            let answer = shared.query(&plugin, &req.request);
+            (answer.map(|a| (a, plugin.info.sha256.clone())), shared.state_digest().0)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (answer, version) = answer.map_err(|e| Status::internal(format!("plugin {name}: {e}")))?;
+        let result = answer.map_err(|e| Status::failed_precondition(format!("plugin {name}: {e}")))?;
+        Ok(Response::new(pb::QueryResponse {
+            result,
+            version,
+            applied_index,
+        }))
     }
 }
