@@ -54,6 +54,8 @@ pub struct Snapshot {
 /// One node's metrics.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Every metric below, registered once (they share their values with the fields).
+    registry: Registry,
     /// Log fsyncs (one covers every append queued before it).
     pub fsyncs: Counter,
     /// Appends covered by those fsyncs (their ratio: appends per fsync).
@@ -98,7 +100,9 @@ impl Default for Metrics {
             snapshots_built: Gauge::default(),
             snapshots_sent: Gauge::default(),
             snapshots_installed: Gauge::default(),
+            registry: Registry::default(),
         }
+        .registered()
     }
 }
 
@@ -121,49 +125,8 @@ pub fn error_kind(e: &PluginError) -> &'static str {
 }
 
 impl Metrics {
-    /// Records one query's latency at `consistency`.
-    pub fn observe_query(&self, consistency: &str, took: std::time::Duration) {
-        let labels = ConsistencyLabels {
-            consistency: consistency.into(),
-        };
-        self.query_seconds.get_or_create(&labels).observe(took.as_secs_f64());
-    }
-
-    /// Counts one apply call of `plugin` and its outcomes.
-    pub fn count_apply<'a>(&self, plugin: &str, outcomes: impl Iterator<Item = Option<&'a PluginError>>) {
-        let labels = PluginLabels { plugin: plugin.into() };
-        self.apply_calls.get_or_create(&labels).inc();
-        let mut applied = 0;
-        for error in outcomes {
-            applied += 1;
-            if let Some(e) = error {
-                let labels = ErrorLabels {
-                    plugin: plugin.into(),
-                    kind: error_kind(e).into(),
-                };
-                self.plugin_errors.get_or_create(&labels).inc();
-            }
-        }
-        self.entries_applied.get_or_create(&labels).inc_by(applied);
-    }
-
-    /// The text exposition of every metric, with the gauges set from `now`.
-    pub fn encode(&self, now: &Snapshot) -> String {
-        self.term.set(now.term as i64);
-        self.is_leader.set(i64::from(now.is_leader));
-        self.last_log_index.set(now.last_log_index);
-        self.committed_index.set(now.committed_index);
-        self.applied_index.set(now.applied_index);
-        self.follower_lag.clear();
-        for (peer, lag) in &now.follower_lag {
-            self.follower_lag
-                .get_or_create(&PeerLabels { peer: peer.to_string() })
-                .set(*lag);
-        }
-        self.snapshots_built.set(now.snapshots_built);
-        self.snapshots_sent.set(now.snapshots_sent);
-        self.snapshots_installed.set(now.snapshots_installed);
-
+    /// These metrics with their registry filled in.
+    fn registered(mut self) -> Self {
         let mut registry = Registry::with_prefix("wasmraft");
         registry.register("log_fsyncs", "Log fsyncs", self.fsyncs.clone());
         registry.register(
@@ -233,9 +196,56 @@ impl Metrics {
             "Snapshots this node installed",
             self.snapshots_installed.clone(),
         );
+        self.registry = registry;
+        self
+    }
+
+    /// Records one query's latency at `consistency`.
+    pub fn observe_query(&self, consistency: &str, took: std::time::Duration) {
+        let labels = ConsistencyLabels {
+            consistency: consistency.into(),
+        };
+        self.query_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Counts one apply call of `plugin` and its outcomes.
+    pub fn count_apply<'a>(&self, plugin: &str, outcomes: impl Iterator<Item = Option<&'a PluginError>>) {
+        let labels = PluginLabels { plugin: plugin.into() };
+        self.apply_calls.get_or_create(&labels).inc();
+        let mut applied = 0;
+        for error in outcomes {
+            applied += 1;
+            if let Some(e) = error {
+                let labels = ErrorLabels {
+                    plugin: plugin.into(),
+                    kind: error_kind(e).into(),
+                };
+                self.plugin_errors.get_or_create(&labels).inc();
+            }
+        }
+        self.entries_applied.get_or_create(&labels).inc_by(applied);
+    }
+
+    /// The text exposition of every metric, with the gauges set from `now`.
+    pub fn encode(&self, now: &Snapshot) -> String {
+        self.term.set(now.term as i64);
+        self.is_leader.set(i64::from(now.is_leader));
+        self.last_log_index.set(now.last_log_index);
+        self.committed_index.set(now.committed_index);
+        self.applied_index.set(now.applied_index);
+        self.follower_lag.clear();
+        for (peer, lag) in &now.follower_lag {
+            self.follower_lag
+                .get_or_create(&PeerLabels { peer: peer.to_string() })
+                .set(*lag);
+        }
+        self.snapshots_built.set(now.snapshots_built);
+        self.snapshots_sent.set(now.snapshots_sent);
+        self.snapshots_installed.set(now.snapshots_installed);
+
         let mut text = String::new();
         // Writing to a String cannot fail.
-        let _ = encode(&mut text, &registry);
+        let _ = encode(&mut text, &self.registry);
         text
     }
 }

@@ -192,9 +192,13 @@ impl pb::api_server::Api for ApiService {
     async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
         let req = req.into_inner();
         let (activate, index) = self.0.rollback_target(&req.name, &req.sha256)?;
+        let base = pb::DeployProgress {
+            sha256: activate.sha256.clone(),
+            ..Default::default()
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.0.clone();
-        tokio::spawn(async move { node.activate_stored(activate, index, tx).await });
+        tokio::spawn(async move { node.activate_stored(activate, index, base, tx).await });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

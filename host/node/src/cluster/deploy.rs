@@ -42,12 +42,11 @@ impl NodeInner {
         tx: mpsc::Sender<Result<pb::DeployProgress, Status>>,
     ) {
         let total = bytes.len() as u64;
-        let progress = |committed: u64, activated: Option<u64>| pb::DeployProgress {
+        let progress = |committed: u64| pb::DeployProgress {
             committed_bytes: committed,
             total_bytes: total,
-            activated_index: activated,
             sha256: sha256.clone(),
-            compiles: Vec::new(),
+            ..Default::default()
         };
         let mut last_chunk = 0;
         for (i, piece) in bytes.chunks(DEPLOY_CHUNK_BYTES).enumerate() {
@@ -68,7 +67,7 @@ impl NodeInner {
             {
                 Ok(index) => {
                     last_chunk = index;
-                    tx.send(Ok(progress(offset + piece.len() as u64, None))).await
+                    tx.send(Ok(progress(offset + piece.len() as u64))).await
                 }
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;
@@ -79,34 +78,13 @@ impl NodeInner {
                 return; // the client went away
             }
         }
-        let report = |compiles: &[pb::NodeCompile]| pb::DeployProgress {
-            compiles: compiles.to_vec(),
-            ..progress(total, None)
+        let activate = pb::Activate {
+            name: start.name,
+            sha256: sha256.clone(),
+            config: start.config,
+            label: start.label,
         };
-        let compiles = match self.ready_everywhere(&sha256, last_chunk, &tx, report).await {
-            Ok(compiles) => compiles,
-            Err(status) => {
-                let _ = tx.send(Err(status)).await;
-                return;
-            }
-        };
-        let activate = pb::Command {
-            timestamp_ms: 0,
-            kind: Some(command::Kind::Activate(pb::Activate {
-                name: start.name.clone(),
-                sha256: sha256.clone(),
-                config: start.config.clone(),
-                label: start.label.clone(),
-            })),
-        };
-        let last = match self.propose(activate).await {
-            Ok((index, result)) => control_outcome(result).map(|_| pb::DeployProgress {
-                compiles,
-                ..progress(total, Some(index))
-            }),
-            Err(status) => Err(status),
-        };
-        let _ = tx.send(last).await;
+        self.activate_stored(activate, last_chunk, progress(total), tx).await;
     }
 }
 
@@ -269,23 +247,23 @@ impl NodeInner {
     }
 
     /// Activates `activate` (a component every node stores by log index `index`) once every voter
-    /// has it compiled, reporting progress on `tx` as a deploy does.
+    /// has it compiled, reporting progress on `tx` as a deploy does: each message is `base` with
+    /// the voters' compiles, and the last one has the activation index.
     pub async fn activate_stored(
         &self,
         activate: pb::Activate,
         index: u64,
+        base: pb::DeployProgress,
         tx: mpsc::Sender<Result<pb::DeployProgress, Status>>,
     ) {
-        let sha256 = activate.sha256.clone();
-        let progress = |compiles: &[pb::NodeCompile]| pb::DeployProgress {
-            sha256: sha256.clone(),
+        let report = |compiles: &[pb::NodeCompile]| pb::DeployProgress {
             compiles: compiles.to_vec(),
-            ..Default::default()
+            ..base.clone()
         };
         let compiles = if activate.sha256.starts_with(crate::sm::BUILTIN_PREFIX) {
             Vec::new()
         } else {
-            match self.ready_everywhere(&sha256, index, &tx, progress).await {
+            match self.ready_everywhere(&activate.sha256, index, &tx, report).await {
                 Ok(compiles) => compiles,
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;
@@ -300,9 +278,8 @@ impl NodeInner {
         let last = match self.propose(command).await {
             Ok((index, result)) => control_outcome(result).map(|_| pb::DeployProgress {
                 activated_index: Some(index),
-                sha256: sha256.clone(),
                 compiles,
-                ..Default::default()
+                ..base
             }),
             Err(status) => Err(status),
         };

@@ -175,6 +175,13 @@ impl Shared {
         plugins.insert(plugin.info.name.clone(), plugin);
     }
 
+    /// Whether a plugin runs the component `sha256`, or keeps it as an earlier version.
+    pub(super) fn uses_component(&self, sha256: &str) -> bool {
+        self.plugins()
+            .iter()
+            .any(|p| p.info.sha256 == sha256 || p.info.history.iter().any(|v| v.sha256 == sha256))
+    }
+
     /// Stops serving the plugin `name`; returns it.
     pub(super) fn remove_plugin(&self, name: &str) -> Option<Arc<ActivePlugin>> {
         let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
@@ -299,15 +306,9 @@ impl Machine {
     /// Deletes the stored components of `versions` that no plugin runs or keeps as an earlier
     /// version (a snapshot file carries its own copy of the components it needs).
     fn delete_unreferenced(&self, versions: impl IntoIterator<Item = String>) {
-        let plugins = self.shared.plugins();
-        let referenced = |sha: &str| {
-            plugins
-                .iter()
-                .any(|p| p.info.sha256 == sha || p.info.history.iter().any(|v| v.sha256 == sha))
-        };
         let mut pending = lock(&self.pending);
         for sha in versions {
-            if !sha.starts_with(BUILTIN_PREFIX) && !referenced(&sha) {
+            if !sha.starts_with(BUILTIN_PREFIX) && !self.shared.uses_component(&sha) {
                 info!(%sha, "deleting a component no plugin version uses");
                 pending.batch.delete_blob(&component_key(&sha));
                 self.shared.compiler.forget(&sha);

@@ -56,17 +56,13 @@ impl Machine {
             let since = value.try_into().map(u64::from_le_bytes).unwrap_or(0);
             now_ms > since.saturating_add(UPLOAD_TTL_MS)
         };
-        let plugins = self.shared.plugins();
         let mut pending = lock(&self.pending);
         for (key, value) in unused {
             let sha256 = &key[UNUSED.len()..];
             if !expired(value) {
                 continue;
             }
-            if !plugins
-                .iter()
-                .any(|p| p.info.sha256 == sha256 || p.info.history.iter().any(|v| v.sha256 == sha256))
-            {
+            if !self.shared.uses_component(sha256) {
                 info!(%sha256, now_ms, "deleting a component that was never activated");
                 pending.batch.delete_blob(&component_key(sha256));
                 self.shared.compiler.forget(sha256);
