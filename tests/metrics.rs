@@ -38,17 +38,22 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         })
 }
 
-/// How many queries at `consistency` the latency histogram counted.
-fn queries(scrape: &prometheus_parse::Scrape, consistency: &str) -> f64 {
+/// How many observations the histogram `name` with `labels` counted.
+fn observed(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()
-        .find(|s| s.metric == "wasmraft_query_seconds" && s.labels.get("consistency") == Some(consistency))
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .and_then(|s| match &s.value {
             prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
             _ => None,
         })
         .unwrap_or(0.0)
+}
+
+/// How many queries at `consistency` the latency histogram counted.
+fn queries(scrape: &prometheus_parse::Scrape, consistency: &str) -> f64 {
+    observed(scrape, "wasmraft_query_seconds", &[("consistency", consistency)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,7 +140,83 @@ async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every
         );
         let leads = if id == leader { 1.0 } else { 0.0 };
         assert_eq!(value(&scrape, "wasmraft_is_leader", &[]), Some(leads), "node {id}");
+        let role = if id == leader { "leader" } else { "follower" };
+        assert_eq!(
+            value(&scrape, "wasmraft_role", &[("role", role)]),
+            Some(1.0),
+            "node {id}"
+        );
+
+        // Every applied entry's fuel is counted, in batches of at least one entry.
+        let kv = [("plugin", "kv")];
+        let kv_entries = value(&scrape, "wasmraft_entries_applied_total", &kv).unwrap();
+        assert_eq!(observed(&scrape, "wasmraft_entry_fuel", &kv), kv_entries, "node {id}");
+        let calls = value(&scrape, "wasmraft_apply_calls_total", &kv).unwrap();
+        assert_eq!(observed(&scrape, "wasmraft_apply_seconds", &kv), calls, "node {id}");
+        assert!(calls >= 1.0 && calls <= kv_entries, "node {id}: {calls} calls");
+        let batches = observed(&scrape, "wasmraft_apply_batch_entries", &[]);
+        assert!(batches >= 1.0 && batches <= last as f64, "node {id}: {batches} batches");
+
+        // Both plugins are active here, at the same index on every node, and compiled.
+        for plugin in ["kv", "panics"] {
+            assert!(
+                value(&scrape, "wasmraft_plugin_active", &[("plugin", plugin)]) > Some(0.0),
+                "node {id}: {plugin}"
+            );
+        }
+        assert_eq!(value(&scrape, "wasmraft_compiles", &[("state", "failed")]), Some(0.0));
+        assert!(value(&scrape, "wasmraft_rocksdb_memtable_bytes", &[("family", "log")]) > Some(0.0));
+        assert!(value(&scrape, "wasmraft_rocksdb_sst_bytes", &[("family", "data")]).is_some());
     }
+
+    // gRPC: node 1 served the calls, and followers served the leader's appends.
+    let on_first = scrape(nodes[0].metrics_addr().unwrap()).await;
+    let call = "/wasmraft.v1.Api/Call";
+    assert!(
+        value(
+            &on_first,
+            "wasmraft_grpc_requests_total",
+            &[("method", call), ("code", "Ok")]
+        ) >= Some(20.0),
+        "{:?}",
+        on_first.samples
+    );
+    // A plugin's error reaches its client as FAILED_PRECONDITION.
+    assert_eq!(
+        value(
+            &on_first,
+            "wasmraft_grpc_requests_total",
+            &[("method", call), ("code", "FailedPrecondition")]
+        ),
+        Some(2.0)
+    );
+    assert!(observed(&on_first, "wasmraft_grpc_seconds", &[("method", call)]) >= 22.0);
+    let follower = nodes.iter().find(|n| n.id() != leader).unwrap();
+    let on_follower = scrape(follower.metrics_addr().unwrap()).await;
+    assert!(
+        value(
+            &on_follower,
+            "wasmraft_grpc_requests_total",
+            &[("method", "/wasmraft.v1.Peer/StreamAppend"), ("code", "Ok")]
+        ) >= Some(1.0),
+        "{:?}",
+        on_follower.samples
+    );
+
+    // A snapshot build (on node 1, which was asked) is timed and its bytes counted.
+    let built = api
+        .snapshot(wasmraft_node::pb::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let on_first = scrape(nodes[0].metrics_addr().unwrap()).await;
+    let build = [("phase", "build")];
+    assert_eq!(observed(&on_first, "wasmraft_snapshot_seconds", &build), 1.0);
+    assert_eq!(
+        value(&on_first, "wasmraft_snapshot_bytes_total", &build),
+        Some(built.file_bytes as f64)
+    );
+    assert_eq!(value(&on_first, "wasmraft_snapshots_built_total", &[]), Some(1.0));
     for node in nodes {
         node.shutdown().await.unwrap();
     }

@@ -1,17 +1,27 @@
-//! The node's metrics, in the Prometheus text format (`prometheus-client`). Counters are bumped
-//! where things happen (the apply loop); gauges are read from openraft's metrics and the node's
-//! state when a scrape comes in ([`Metrics::encode`] with a [`Snapshot`]).
+//! The node's metrics, in the Prometheus text format (`prometheus-client`). Two kinds:
+//! - **event metrics**, counters and histograms bumped where things happen: the apply loop, the
+//!   log's fsync thread, the gRPC layer, the snapshot phases;
+//! - **scrape-time metrics**, read from the node when a scrape comes in (Raft state and indexes,
+//!   snapshot counters, plugins and compiles, RocksDB sizes): [`Metrics::encode`] takes them as a
+//!   [`Scraped`].
 
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use wasmraft_runtime::PluginError;
+use wasmraft_runtime::{EntryOutcome, PluginError};
+use wasmraft_store::FamilySize;
+
+use crate::pb;
+use crate::util::lock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -32,30 +42,50 @@ pub struct ConsistencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabels {
-    pub peer: String,
+pub struct MethodLabels {
+    /// The gRPC path, e.g. `/wasmraft.Api/Call` (`other` for a path no service serves).
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: String,
+    /// The gRPC status code's name (`Ok`, `Unavailable`, ...).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// build, transfer (received) or install.
+    pub phase: String,
 }
 
 /// What a scrape reads from the node at that moment.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub struct Scraped {
     pub term: u64,
-    pub is_leader: bool,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: &'static str,
     pub last_log_index: u64,
     pub committed_index: u64,
     pub applied_index: u64,
     /// Followers' lag behind this leader's last log index (empty on a follower).
     pub follower_lag: Vec<(u64, u64)>,
-    pub snapshots_built: u64,
-    pub snapshots_sent: u64,
-    pub snapshots_installed: u64,
+    pub snapshot: pb::SnapshotStatus,
+    pub plugins: Vec<pb::PluginInfo>,
+    /// Background compiles by component sha256: compiling, ready or failed.
+    pub compiles: Vec<pb::CompileState>,
+    pub store: Vec<FamilySize>,
 }
 
 /// One node's metrics.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Every metric below, registered once (they share their values with the fields).
+    /// Every metric below, registered once (they share their values with the fields), and the
+    /// scrape-time ones through [`ScrapeTime`].
     registry: Registry,
+    /// What the scrape in progress read from the node.
+    scraped: Arc<Mutex<Scraped>>,
     /// Log fsyncs (one covers every append queued before it).
     pub fsyncs: Counter,
     /// Appends covered by those fsyncs (their ratio: appends per fsync).
@@ -64,43 +94,47 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// How long queries took (read barrier and answer), by consistency, in seconds.
     query_seconds: Family<ConsistencyLabels, Histogram, fn() -> Histogram>,
+    /// Entries in each batch Raft hands the state machine.
+    apply_batch_entries: Histogram,
+    /// How long each apply call into a plugin took, by plugin.
+    apply_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    /// Fuel each entry used, by plugin.
+    entry_fuel: Family<PluginLabels, Histogram, fn() -> Histogram>,
     /// Command entries applied, by plugin.
-    pub entries_applied: Family<PluginLabels, Counter>,
+    entries_applied: Family<PluginLabels, Counter>,
     /// Apply calls into a plugin (a run of entries to one plugin is one call), by plugin.
-    pub apply_calls: Family<PluginLabels, Counter>,
+    apply_calls: Family<PluginLabels, Counter>,
     /// Entries a plugin failed, by plugin and kind.
-    pub plugin_errors: Family<ErrorLabels, Counter>,
-    term: Gauge,
-    is_leader: Gauge,
-    last_log_index: Gauge<u64, AtomicU64>,
-    committed_index: Gauge<u64, AtomicU64>,
-    applied_index: Gauge<u64, AtomicU64>,
-    follower_lag: Family<PeerLabels, Gauge<u64, AtomicU64>>,
-    snapshots_built: Gauge<u64, AtomicU64>,
-    snapshots_sent: Gauge<u64, AtomicU64>,
-    snapshots_installed: Gauge<u64, AtomicU64>,
+    plugin_errors: Family<ErrorLabels, Counter>,
+    /// gRPC requests served, by method and status code.
+    grpc_requests: Family<GrpcLabels, Counter>,
+    /// How long gRPC requests took to answer (to the response's head, for streams), by method.
+    grpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// How long each snapshot phase took, by phase.
+    snapshot_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    /// Snapshot file bytes built, received and installed, by phase.
+    snapshot_bytes: Family<PhaseLabels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
+            registry: Registry::default(),
+            scraped: Arc::default(),
             fsyncs: Counter::default(),
             fsync_appends: Counter::default(),
             fsync_seconds: latency_histogram(),
             query_seconds: Family::new_with_constructor(latency_histogram),
+            apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            apply_seconds: Family::new_with_constructor(latency_histogram),
+            entry_fuel: Family::new_with_constructor(fuel_histogram),
             entries_applied: Family::default(),
             apply_calls: Family::default(),
             plugin_errors: Family::default(),
-            term: Gauge::default(),
-            is_leader: Gauge::default(),
-            last_log_index: Gauge::default(),
-            committed_index: Gauge::default(),
-            applied_index: Gauge::default(),
-            follower_lag: Family::default(),
-            snapshots_built: Gauge::default(),
-            snapshots_sent: Gauge::default(),
-            snapshots_installed: Gauge::default(),
-            registry: Registry::default(),
+            grpc_requests: Family::default(),
+            grpc_seconds: Family::new_with_constructor(latency_histogram),
+            snapshot_seconds: Family::new_with_constructor(phase_histogram),
+            snapshot_bytes: Family::default(),
         }
         .registered()
     }
@@ -109,6 +143,16 @@ impl Default for Metrics {
 /// Buckets for latencies: 50 µs to about 0.8 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00005, 2.0, 15))
+}
+
+/// Buckets for fuel: 1,000 to about 4 billion (past the per-entry limit).
+fn fuel_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1000.0, 4.0, 12))
+}
+
+/// Buckets for snapshot phases: 1 ms to about 4.5 minutes.
+fn phase_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 19))
 }
 
 /// The label value of a plugin error's kind.
@@ -127,95 +171,103 @@ pub fn error_kind(e: &PluginError) -> &'static str {
 impl Metrics {
     /// These metrics with their registry filled in.
     fn registered(mut self) -> Self {
-        let mut registry = Registry::with_prefix("wasmraft");
-        registry.register("log_fsyncs", "Log fsyncs", self.fsyncs.clone());
-        registry.register(
+        let mut r = Registry::with_prefix("wasmraft");
+        r.register("log_fsyncs", "Log fsyncs", self.fsyncs.clone());
+        r.register(
             "log_fsync_appends",
             "Appends covered by log fsyncs (appends per fsync: this over log_fsyncs)",
             self.fsync_appends.clone(),
         );
-        registry.register(
+        r.register(
             "log_fsync_seconds",
             "How long each log fsync took",
             self.fsync_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "query_seconds",
             "How long queries took (read barrier and answer), by consistency",
             self.query_seconds.clone(),
         );
-        registry.register("term", "The node's current Raft term", self.term.clone());
-        registry.register("is_leader", "1 when this node leads", self.is_leader.clone());
-        registry.register(
-            "last_log_index",
-            "Last entry in this node's log",
-            self.last_log_index.clone(),
+        r.register(
+            "apply_batch_entries",
+            "Entries in each batch Raft hands the state machine",
+            self.apply_batch_entries.clone(),
         );
-        registry.register(
-            "committed_index",
-            "Last entry known committed",
-            self.committed_index.clone(),
+        r.register(
+            "apply_seconds",
+            "How long each apply call into a plugin took (per entry: its sum over entries_applied), by plugin",
+            self.apply_seconds.clone(),
         );
-        registry.register(
-            "applied_index",
-            "Last entry applied to the state machine",
-            self.applied_index.clone(),
+        r.register(
+            "entry_fuel",
+            "Fuel each applied entry used, by plugin",
+            self.entry_fuel.clone(),
         );
-        registry.register(
-            "follower_lag_entries",
-            "Entries a follower's log is behind this leader's (leader only)",
-            self.follower_lag.clone(),
-        );
-        registry.register(
+        r.register(
             "entries_applied",
             "Command entries applied, by plugin",
             self.entries_applied.clone(),
         );
-        registry.register(
+        r.register(
             "apply_calls",
             "Apply calls into a plugin (one per run of entries), by plugin",
             self.apply_calls.clone(),
         );
-        registry.register(
+        r.register(
             "plugin_errors",
             "Entries a plugin failed, by plugin and kind (returned, panic, trap, fuel, limit, read_only, protocol)",
             self.plugin_errors.clone(),
         );
-        registry.register(
-            "snapshots_built",
-            "Snapshots this node built",
-            self.snapshots_built.clone(),
+        r.register(
+            "grpc_requests",
+            "gRPC requests served, by method and status code",
+            self.grpc_requests.clone(),
         );
-        registry.register(
-            "snapshots_sent",
-            "Snapshots this node sent",
-            self.snapshots_sent.clone(),
+        r.register(
+            "grpc_seconds",
+            "How long gRPC requests took to answer (to the response head, for streams), by method",
+            self.grpc_seconds.clone(),
         );
-        registry.register(
-            "snapshots_installed",
-            "Snapshots this node installed",
-            self.snapshots_installed.clone(),
+        r.register(
+            "snapshot_seconds",
+            "How long each snapshot build, transfer (received) and install took",
+            self.snapshot_seconds.clone(),
         );
-        self.registry = registry;
+        r.register(
+            "snapshot_bytes",
+            "Snapshot file bytes built, received (transfer) and installed",
+            self.snapshot_bytes.clone(),
+        );
+        r.register_collector(Box::new(ScrapeTime(self.scraped.clone())));
+        self.registry = r;
         self
     }
 
     /// Records one query's latency at `consistency`.
-    pub fn observe_query(&self, consistency: &str, took: std::time::Duration) {
+    pub fn observe_query(&self, consistency: &str, took: Duration) {
         let labels = ConsistencyLabels {
             consistency: consistency.into(),
         };
         self.query_seconds.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
-    /// Counts one apply call of `plugin` and its outcomes.
-    pub fn count_apply<'a>(&self, plugin: &str, outcomes: impl Iterator<Item = Option<&'a PluginError>>) {
+    /// Records the size of one batch Raft handed the state machine.
+    pub fn observe_apply_batch(&self, entries: usize) {
+        self.apply_batch_entries.observe(entries as f64);
+    }
+
+    /// Counts one apply call of `plugin`, which took `took`, and its outcomes.
+    pub fn count_apply(&self, plugin: &str, took: Duration, outcomes: &[EntryOutcome]) {
         let labels = PluginLabels { plugin: plugin.into() };
         self.apply_calls.get_or_create(&labels).inc();
-        let mut applied = 0;
-        for error in outcomes {
-            applied += 1;
-            if let Some(e) = error {
+        self.apply_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        self.entries_applied
+            .get_or_create(&labels)
+            .inc_by(outcomes.len() as u64);
+        let fuel = self.entry_fuel.get_or_create(&labels);
+        for outcome in outcomes {
+            fuel.observe(outcome.fuel_used as f64);
+            if let Err(e) = &outcome.result {
                 let labels = ErrorLabels {
                     plugin: plugin.into(),
                     kind: error_kind(e).into(),
@@ -223,29 +275,218 @@ impl Metrics {
                 self.plugin_errors.get_or_create(&labels).inc();
             }
         }
-        self.entries_applied.get_or_create(&labels).inc_by(applied);
     }
 
-    /// The text exposition of every metric, with the gauges set from `now`.
-    pub fn encode(&self, now: &Snapshot) -> String {
-        self.term.set(now.term as i64);
-        self.is_leader.set(i64::from(now.is_leader));
-        self.last_log_index.set(now.last_log_index);
-        self.committed_index.set(now.committed_index);
-        self.applied_index.set(now.applied_index);
-        self.follower_lag.clear();
-        for (peer, lag) in &now.follower_lag {
-            self.follower_lag
-                .get_or_create(&PeerLabels { peer: peer.to_string() })
-                .set(*lag);
-        }
-        self.snapshots_built.set(now.snapshots_built);
-        self.snapshots_sent.set(now.snapshots_sent);
-        self.snapshots_installed.set(now.snapshots_installed);
+    /// Counts one gRPC request to `method` answered with `code` after `took`.
+    pub fn observe_grpc(&self, method: &str, code: tonic::Code, took: Duration) {
+        self.grpc_requests
+            .get_or_create(&GrpcLabels {
+                method: method.into(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.grpc_seconds
+            .get_or_create(&MethodLabels { method: method.into() })
+            .observe(took.as_secs_f64());
+    }
 
+    /// Records a finished snapshot `phase` (build, transfer or install).
+    pub fn observe_snapshot_phase(&self, phase: &str, stats: &pb::PhaseStats) {
+        let labels = PhaseLabels { phase: phase.into() };
+        self.snapshot_seconds
+            .get_or_create(&labels)
+            .observe(stats.micros as f64 / 1e6);
+        self.snapshot_bytes.get_or_create(&labels).inc_by(stats.file_bytes);
+    }
+
+    /// The text exposition of every metric, with the scrape-time ones taken from `now`.
+    pub fn encode(&self, now: Scraped) -> String {
+        *lock(&self.scraped) = now;
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// The scrape-time metrics: encodes whatever [`Metrics::encode`] was given.
+#[derive(Debug)]
+struct ScrapeTime(Arc<Mutex<Scraped>>);
+
+/// Encodes one metric without labels.
+fn one(e: &mut DescriptorEncoder, name: &str, help: &str, metric: impl EncodeMetric) -> std::fmt::Result {
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Encodes one metric with a value per label set.
+fn each<L: EncodeLabelSet, M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: impl IntoIterator<Item = (L, M)>,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in values {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for ScrapeTime {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let now = lock(&self.0);
+        let e = &mut e;
+        one(e, "term", "The node's current Raft term", ConstGauge::new(now.term))?;
+        one(
+            e,
+            "is_leader",
+            "1 when this node leads",
+            ConstGauge::new(u64::from(now.role == "leader")),
+        )?;
+        each(
+            e,
+            "role",
+            "1 for the node's Raft role",
+            MetricType::Gauge,
+            ["leader", "follower", "candidate", "learner", "shutdown"]
+                .map(|role| ([("role", role)], ConstGauge::new(u64::from(now.role == role)))),
+        )?;
+        one(
+            e,
+            "last_log_index",
+            "Last entry in this node's log",
+            ConstGauge::new(now.last_log_index),
+        )?;
+        one(
+            e,
+            "committed_index",
+            "Last entry known committed",
+            ConstGauge::new(now.committed_index),
+        )?;
+        one(
+            e,
+            "applied_index",
+            "Last entry applied to the state machine",
+            ConstGauge::new(now.applied_index),
+        )?;
+        each(
+            e,
+            "follower_lag_entries",
+            "Entries a follower's log is behind this leader's (leader only)",
+            MetricType::Gauge,
+            now.follower_lag
+                .iter()
+                .map(|(peer, lag)| ([("peer", peer.to_string())], ConstGauge::new(*lag))),
+        )?;
+
+        let s = &now.snapshot;
+        for (name, help, value) in [
+            ("snapshots_built", "Snapshots this node built", s.built),
+            (
+                "snapshot_builds_failed",
+                "Snapshot builds that failed (a plugin's snapshot export erred)",
+                s.build_failed,
+            ),
+            ("snapshots_sent", "Snapshots this node sent", s.sent),
+            ("snapshots_installed", "Snapshots this node installed", s.installed),
+            (
+                "snapshot_resumed_bytes",
+                "Bytes snapshot transfers did not resend (resumed from an earlier transfer)",
+                s.resumed_bytes,
+            ),
+        ] {
+            one(e, name, help, ConstCounter::new(value))?;
+        }
+        each(
+            e,
+            "snapshots_rejected",
+            "Snapshots refused on receipt, by reason",
+            MetricType::Counter,
+            [
+                ("corrupted", s.rejected_corrupted),
+                ("truncated", s.rejected_truncated),
+                ("stale", s.rejected_stale),
+                ("format", s.rejected_format),
+            ]
+            .map(|(reason, n)| ([("reason", reason)], ConstCounter::new(n))),
+        )?;
+        one(
+            e,
+            "snapshot_file_bytes",
+            "Size of the newest snapshot file this node holds",
+            ConstGauge::new(s.file_bytes),
+        )?;
+        one(
+            e,
+            "snapshot_building",
+            "1 while a snapshot build runs",
+            ConstGauge::new(u64::from(s.building)),
+        )?;
+
+        each(
+            e,
+            "plugin_active",
+            "The active version of each plugin: the log index it activated at",
+            MetricType::Gauge,
+            now.plugins.iter().map(|p| {
+                (
+                    [
+                        ("plugin", p.name.as_str()),
+                        ("version", p.sha256.as_str()),
+                        ("label", p.label.as_str()),
+                    ],
+                    ConstGauge::new(p.activated_index),
+                )
+            }),
+        )?;
+        each(
+            e,
+            "plugin_component_bytes",
+            "Size of each plugin's active component",
+            MetricType::Gauge,
+            now.plugins
+                .iter()
+                .map(|p| ([("plugin", p.name.as_str())], ConstGauge::new(p.size))),
+        )?;
+        each(
+            e,
+            "compiles",
+            "Background compiles of deployed components, by state (compiling, ready, failed)",
+            MetricType::Gauge,
+            ["compiling", "ready", "failed"].map(|state| {
+                let n = now.compiles.iter().filter(|c| c.state.starts_with(state)).count();
+                ([("state", state)], ConstGauge::new(n as u64))
+            }),
+        )?;
+
+        for (name, help, value) in [
+            (
+                "rocksdb_sst_bytes",
+                "Size of RocksDB's SST files, by column family",
+                (|f: &FamilySize| f.sst_bytes) as fn(&FamilySize) -> u64,
+            ),
+            (
+                "rocksdb_memtable_bytes",
+                "Size of RocksDB's memtables, by column family",
+                |f| f.memtable_bytes,
+            ),
+            (
+                "rocksdb_pending_compaction_bytes",
+                "Bytes RocksDB estimates its compactions still have to rewrite, by column family",
+                |f| f.pending_compaction_bytes,
+            ),
+        ] {
+            each(
+                e,
+                name,
+                help,
+                MetricType::Gauge,
+                now.store
+                    .iter()
+                    .map(|f| ([("family", f.family)], ConstGauge::new(value(f)))),
+            )?;
+        }
+        Ok(())
     }
 }

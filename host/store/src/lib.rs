@@ -48,6 +48,17 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A key-value pair.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// One column family's size, from RocksDB's properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilySize {
+    pub family: &'static str,
+    /// Live and obsolete-but-not-yet-deleted SST files.
+    pub sst_bytes: u64,
+    pub memtable_bytes: u64,
+    /// What compaction has left to rewrite (RocksDB's estimate).
+    pub pending_compaction_bytes: u64,
+}
+
 /// The node's database. Cheap to clone; every clone is the same database.
 #[derive(Clone)]
 pub struct Store {
@@ -243,6 +254,24 @@ impl Store {
         }
         iter.status()?;
         Ok(spaces)
+    }
+
+    /// Each column family's size on disk and in memory, and the bytes RocksDB estimates its
+    /// compactions still have to rewrite: what `/metrics` shows of the store.
+    pub fn sizes(&self) -> Result<Vec<FamilySize>> {
+        FAMILIES
+            .iter()
+            .map(|&family| {
+                let cf = self.cf(family);
+                let property = |name: &str| Ok::<_, StoreError>(self.db.property_int_value_cf(cf, name)?.unwrap_or(0));
+                Ok(FamilySize {
+                    family,
+                    sst_bytes: property("rocksdb.total-sst-files-size")?,
+                    memtable_bytes: property("rocksdb.cur-size-all-mem-tables")?,
+                    pending_compaction_bytes: property("rocksdb.estimate-pending-compaction-bytes")?,
+                })
+            })
+            .collect()
     }
 
     /// A consistent, read-only view of the state machine as of now: later writes are invisible
@@ -461,6 +490,27 @@ mod tests {
         assert_eq!(rest.first().unwrap().0, 51);
         assert_eq!(rest.len(), 49);
         assert_eq!(store.raft_meta_get("purged").unwrap().unwrap(), b"50");
+    }
+
+    #[test]
+    fn sizes_show_writes_in_memory_and_then_on_disk() {
+        let (_dir, store) = open();
+        let before = store.sizes().unwrap();
+        assert_eq!(before.iter().map(|f| f.family).collect::<Vec<_>>(), FAMILIES);
+        let mut batch = store.batch();
+        for i in 0..1000u32 {
+            batch.put_data("kv", &i.to_be_bytes(), &[7; 100]);
+        }
+        store.write(batch).unwrap();
+        let data = |sizes: &[FamilySize]| sizes.iter().find(|f| f.family == DATA).unwrap().clone();
+        let written = data(&store.sizes().unwrap());
+        assert!(
+            written.memtable_bytes > data(&before).memtable_bytes + 100_000,
+            "{written:?}"
+        );
+        store.db.flush_cf(store.cf(DATA)).unwrap();
+        let flushed = data(&store.sizes().unwrap());
+        assert!(flushed.sst_bytes > 0, "{flushed:?}");
     }
 
     #[test]

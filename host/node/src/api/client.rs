@@ -158,33 +158,7 @@ impl pb::api_server::Api for ApiService {
         &self,
         _req: Request<pb::ListPluginsRequest>,
     ) -> Result<Response<pb::ListPluginsResponse>, Status> {
-        let plugins = self
-            .0
-            .shared
-            .plugins()
-            .iter()
-            .map(|p| pb::PluginInfo {
-                name: p.info.name.clone(),
-                sha256: p.info.sha256.clone(),
-                activated_index: p.info.activated_index,
-                size: p.info.size,
-                history: p.info.history.clone(),
-                label: p.info.label.clone(),
-            })
-            .collect();
-        let compiles = self
-            .0
-            .shared
-            .compiler
-            .states()
-            .into_iter()
-            .map(|(sha256, state)| pb::CompileState { sha256, state })
-            .collect();
-        Ok(Response::new(pb::ListPluginsResponse {
-            plugins,
-            node: self.0.id,
-            compiles,
-        }))
+        Ok(Response::new(self.0.list_plugins()))
     }
 
     type RollbackStream = BoxStream<pb::DeployProgress>;

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
 use crate::cluster::NodeInner;
-use crate::metrics::Snapshot;
+use crate::metrics::Scraped;
 
 const MAX_REQUEST_BYTES: usize = 8 << 10;
 
@@ -80,10 +80,10 @@ impl NodeInner {
     pub fn metrics_text(&self) -> String {
         let s = self.status();
         let last = s.last_log_index.unwrap_or(0);
-        let snapshot = s.snapshot.unwrap_or_default();
-        let now = Snapshot {
+        let plugins = self.list_plugins();
+        let now = Scraped {
             term: s.term,
-            is_leader: s.state == "leader",
+            role: role_name(&s.state),
             last_log_index: last,
             committed_index: s.committed_index.unwrap_or(0),
             applied_index: s.applied_index.unwrap_or(0),
@@ -93,10 +93,22 @@ impl NodeInner {
                 .filter(|n| n.id != s.id)
                 .filter_map(|n| Some((n.id, last.saturating_sub(n.matched_index?))))
                 .collect(),
-            snapshots_built: snapshot.built,
-            snapshots_sent: snapshot.sent,
-            snapshots_installed: snapshot.installed,
+            snapshot: s.snapshot.unwrap_or_default(),
+            plugins: plugins.plugins,
+            compiles: plugins.compiles,
+            store: self.shared.store.sizes().unwrap_or_else(|e| {
+                debug!("metrics: store sizes: {e}");
+                Vec::new()
+            }),
         };
-        self.shared.metrics.encode(&now)
+        self.shared.metrics.encode(now)
     }
+}
+
+/// `status().state` as the `'static` role label.
+fn role_name(state: &str) -> &'static str {
+    ["leader", "follower", "candidate", "learner"]
+        .into_iter()
+        .find(|r| *r == state)
+        .unwrap_or("shutdown")
 }

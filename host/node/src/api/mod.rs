@@ -2,6 +2,7 @@
 //! `Api` for clients and admins. [`serve`] runs both on one listener.
 
 mod client;
+mod grpc_metrics;
 mod metrics;
 mod peer;
 
@@ -46,6 +47,7 @@ pub(crate) fn serve(
     });
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(grpc_metrics::GrpcMetricsLayer(node.shared.metrics.clone()))
         .add_service(
             pb::peer_server::PeerServer::new(peer::PeerService(node.clone()))
                 .max_decoding_message_size(usize::MAX)

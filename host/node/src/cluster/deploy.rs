@@ -212,6 +212,37 @@ impl NodeInner {
 }
 
 impl NodeInner {
+    /// The active plugins with their version history, and this node's background compiles.
+    pub fn list_plugins(&self) -> pb::ListPluginsResponse {
+        let plugins = self
+            .shared
+            .plugins()
+            .iter()
+            .map(|p| pb::PluginInfo {
+                name: p.info.name.clone(),
+                sha256: p.info.sha256.clone(),
+                activated_index: p.info.activated_index,
+                size: p.info.size,
+                history: p.info.history.clone(),
+                label: p.info.label.clone(),
+            })
+            .collect();
+        let compiles = self
+            .shared
+            .compiler
+            .states()
+            .into_iter()
+            .map(|(sha256, state)| pb::CompileState { sha256, state })
+            .collect();
+        pb::ListPluginsResponse {
+            plugins,
+            node: self.id,
+            compiles,
+        }
+    }
+}
+
+impl NodeInner {
     /// What `plugins rollback NAME [SHA256]` activates: the version `sha256` (one of the plugin's
     /// earlier versions; empty: the one before the active one), with the active version's config,
     /// and the log index by which every node stores its component.

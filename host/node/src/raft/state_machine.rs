@@ -29,10 +29,9 @@ impl StateMachine {
     pub fn open(store: Store, runtime: Runtime, settings: SnapshotSettings) -> io::Result<Self> {
         std::fs::create_dir_all(&settings.dir)?;
         snapshot::clean(&settings.dir)?;
-        Ok(Self {
-            core: Machine::open(store, runtime)?,
-            snapshots: Arc::new(Snapshots::new(settings)),
-        })
+        let core = Machine::open(store, runtime)?;
+        let snapshots = Arc::new(Snapshots::new(settings, core.shared().metrics.clone()));
+        Ok(Self { core, snapshots })
     }
 
     /// The active plugins and the state, as queries and the services see them.

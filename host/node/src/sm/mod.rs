@@ -17,6 +17,7 @@ mod uploads;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
@@ -201,6 +202,7 @@ impl Machine {
 
     /// Applies entries in order; returns one result per command entry, with its responder.
     pub(crate) fn apply_entries(&mut self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<Replies> {
+        self.shared.metrics.observe_apply_batch(entries.len());
         let mut replies = Vec::new();
         let mut registry_changed = false;
         let mut entries = entries.into_iter().peekable();
@@ -322,13 +324,14 @@ impl Machine {
         )>,
     > {
         let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let started = Instant::now();
         let outcomes = lock(&plugin.apply).apply(entries).map_err(|e| {
             // A node fault (storage, engine): stop applying rather than record a result.
             io_err(format!("plugin {}: {e}", plugin.info.name))
         })?;
         self.shared
             .metrics
-            .count_apply(&plugin.info.name, outcomes.iter().map(|o| o.result.as_ref().err()));
+            .count_apply(&plugin.info.name, started.elapsed(), &outcomes);
         Ok(outcomes
             .into_iter()
             .zip(responders)

@@ -40,6 +40,7 @@ pub(crate) use install::install;
 pub(crate) use receive::{Incoming, forget, receive};
 pub(crate) use send::send;
 
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::sm::{
     APPLIED, ActivePlugin, BUILTIN_PREFIX, COMPONENTS_UNUSED, DIGEST, Engine, MEMBERSHIP, Machine, REGISTRY, Shared,
@@ -131,10 +132,14 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    pub fn new(settings: SnapshotSettings) -> Self {
+    /// Settings and fresh counters; each finished phase is also timed in `metrics`.
+    pub fn new(settings: SnapshotSettings, metrics: Arc<Metrics>) -> Self {
         Self {
             settings,
-            stats: SnapshotStats::default(),
+            stats: SnapshotStats {
+                metrics,
+                ..SnapshotStats::default()
+            },
         }
     }
 }
@@ -181,6 +186,8 @@ pub struct SnapshotStats {
     last_build: Mutex<pb::PhaseStats>,
     last_transfer: Mutex<pb::PhaseStats>,
     last_install: Mutex<pb::PhaseStats>,
+    /// The node's `/metrics`, where finished phases are timed too.
+    metrics: Arc<Metrics>,
 }
 
 /// The phases [`SnapshotStats`] times.
@@ -218,12 +225,14 @@ impl SnapshotStats {
         lock(&self.last_build_error).clone()
     }
 
+    /// Keeps a finished phase's figures for `cluster status`, and counts them in `/metrics`.
     pub fn record(&self, phase: Phase, stats: pb::PhaseStats) {
-        let slot = match phase {
-            Phase::Build => &self.last_build,
-            Phase::Transfer => &self.last_transfer,
-            Phase::Install => &self.last_install,
+        let (slot, name) = match phase {
+            Phase::Build => (&self.last_build, "build"),
+            Phase::Transfer => (&self.last_transfer, "transfer"),
+            Phase::Install => (&self.last_install, "install"),
         };
+        self.metrics.observe_snapshot_phase(name, &stats);
         *lock(slot) = stats;
     }
 
