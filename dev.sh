@@ -4,8 +4,8 @@
 #                   with the kv plugin deployed (extra arguments go to `wasmraft dev`)
 #   ./dev.sh test   build, then run the whole test suite: fmt, clippy, cargo test (host and plugins)
 #   ./dev.sh setup  only install what is missing
-# Installs what it needs and nothing else: libclang and a C++ compiler for RocksDB (apt-get), the
-# wasm32-wasip2 Rust target, rustfmt and clippy, and
+# Installs what it needs and nothing else: libclang and a C++ compiler for RocksDB and chromium
+# for the status page's browser test (apt-get), the wasm32-wasip2 Rust target, rustfmt and clippy, and
 # the non-Rust plugin toolchains into tools/ (pinned in tools/requirements.txt, tools/package.json
 # with its lock, and WIT_BINDGEN_VERSION below): componentize-py, zig and wasm-tools in a Python
 # venv, componentize-js with npm, wit-bindgen's C generator with cargo.
@@ -43,8 +43,10 @@ setup_system_packages() {
     { ls /usr/lib/llvm-*/lib/libclang*.so* && ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h; } >/dev/null 2>&1 ||
         missing+=(libclang-dev)
     command -v c++ >/dev/null || missing+=(g++)
+    # The status page's test loads it in a real headless browser.
+    command -v chromium >/dev/null || missing+=(chromium)
     [ ${#missing[@]} -eq 0 ] && return
-    step "installing ${missing[*]} (for RocksDB)"
+    step "installing ${missing[*]} (RocksDB's build; chromium for the status page's test)"
     local sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
     "${sudo[@]}" apt-get update -qq

@@ -103,9 +103,9 @@ pub async fn dev(opts: DevOptions) -> anyhow::Result<ExitCode> {
 
     println!("wasmraft dev: {} nodes, data in {}", opts.nodes, data_dir.display());
     for node in &nodes {
-        let metrics = node
-            .metrics_addr()
-            .map_or(String::new(), |a| format!("  metrics http://{a}/metrics"));
+        let metrics = node.metrics_addr().map_or(String::new(), |a| {
+            format!("  status http://{a}/  metrics http://{a}/metrics")
+        });
         println!("  node {}  {}{metrics}", node.id(), node.addr());
     }
     println!();

@@ -1,7 +1,6 @@
 //! `cluster status`: one node's view, or with `--all` every member's in one table, with digests
 //! that differ at an equal applied index flagged; `--json` for scripts.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
@@ -46,35 +45,6 @@ struct Row {
     plugins: Vec<String>,
 }
 
-/// Nodes whose digest differs from the one most nodes report at the same applied index.
-fn diverged(rows: &[Row]) -> BTreeMap<u64, String> {
-    let mut by_index: BTreeMap<u64, Vec<(u64, &str)>> = BTreeMap::new();
-    for row in rows {
-        if let Ok(s) = &row.status {
-            by_index
-                .entry(s.digest_index)
-                .or_default()
-                .push((row.id, &s.state_digest));
-        }
-    }
-    let mut flagged = BTreeMap::new();
-    for (index, digests) in by_index {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, digest) in &digests {
-            *counts.entry(digest).or_default() += 1;
-        }
-        let Some((common, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
-            continue;
-        };
-        for (id, digest) in &digests {
-            if digest != common {
-                flagged.insert(*id, format!("digest differs from the others' at index {index}"));
-            }
-        }
-    }
-    flagged
-}
-
 pub async fn status(endpoint: &str, all: bool, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(endpoint).await?;
     let s = match client.cluster_status(pb::ClusterStatusRequest {}).await {
@@ -112,7 +82,10 @@ pub async fn status(endpoint: &str, all: bool, as_json: bool) -> anyhow::Result<
         }
         rows.push(row);
     }
-    let flagged = diverged(&rows);
+    let flagged = wasmraft_node::diverged(rows.iter().filter_map(|r| {
+        let s = r.status.as_ref().ok()?;
+        Some((r.id, s.digest_index, s.state_digest.as_str()))
+    }));
     let top = rows
         .iter()
         .filter_map(|r| r.status.as_ref().ok()?.applied_index)

@@ -13,6 +13,7 @@
 //! - [`pb`] is the gRPC interface (`proto/wasmraft.proto`); [`pb::api_client::ApiClient`] is the
 //!   client any program can use.
 
+pub mod activity;
 mod api;
 mod cluster;
 pub mod metrics;
@@ -30,7 +31,7 @@ pub mod pb {
     tonic::include_proto!("wasmraft.v1");
 }
 
-pub use cluster::{DEPLOY_CHUNK_BYTES, NodeInner};
+pub use cluster::{DEPLOY_CHUNK_BYTES, Member, NodeInner, diverged};
 pub use node::{Node, NodeConfig, RaftConfig};
 pub use raft::{Faults, LinkFault, LogStore, Raft, StateMachine};
 pub use sm::BUILTINS;

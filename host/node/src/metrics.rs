@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use wasmraft_runtime::{EntryOutcome, PluginError};
 use wasmraft_store::FamilySize;
 
+use crate::activity::Activity;
 use crate::pb;
 use crate::util::lock;
 
@@ -114,6 +115,8 @@ pub struct Metrics {
     snapshot_seconds: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     /// Snapshot file bytes built, received and installed, by phase.
     snapshot_bytes: Family<PhaseLabels, Counter>,
+    /// The status page's history and recent errors.
+    pub activity: Activity,
 }
 
 impl Default for Metrics {
@@ -135,6 +138,7 @@ impl Default for Metrics {
             grpc_seconds: Family::new_with_constructor(latency_histogram),
             snapshot_seconds: Family::new_with_constructor(phase_histogram),
             snapshot_bytes: Family::default(),
+            activity: Activity::default(),
         }
         .registered()
     }
@@ -268,11 +272,14 @@ impl Metrics {
         for outcome in outcomes {
             fuel.observe(outcome.fuel_used as f64);
             if let Err(e) = &outcome.result {
+                let kind = error_kind(e);
                 let labels = ErrorLabels {
                     plugin: plugin.into(),
-                    kind: error_kind(e).into(),
+                    kind: kind.into(),
                 };
                 self.plugin_errors.get_or_create(&labels).inc();
+                self.activity
+                    .error(format!("plugin {plugin}: {kind}"), Some(outcome.index), &e.to_string());
             }
         }
     }
@@ -288,6 +295,11 @@ impl Metrics {
         self.grpc_seconds
             .get_or_create(&MethodLabels { method: method.into() })
             .observe(took.as_secs_f64());
+        match method {
+            "/wasmraft.v1.Api/Call" => self.activity.count_call(took),
+            "/wasmraft.v1.Api/Query" => self.activity.count_query(took),
+            _ => {}
+        }
     }
 
     /// Records a finished snapshot `phase` (build, transfer or install).

@@ -36,7 +36,8 @@ pub struct NodeConfig {
     /// Where compiled components are cached; default `data_dir/compiled`. Nodes on one machine
     /// may share one (entries are written atomically, named by sha256 and engine).
     pub compile_cache_dir: Option<PathBuf>,
-    /// Where `/metrics` (Prometheus text) is served over HTTP; none: not served.
+    /// Where `/metrics` (Prometheus text) and the status page (`/`) are served over HTTP; none:
+    /// not served.
     pub metrics_listen: Option<SocketAddr>,
     /// The voters (id -> address) an `Init` naming none uses; empty: this node alone.
     pub initial_members: BTreeMap<NodeId, String>,
@@ -84,7 +85,7 @@ pub struct Node {
     pub inner: Arc<NodeInner>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
-    /// `/metrics`: its address, and what stops it.
+    /// The HTTP server (`/metrics`, the status page): its address, and what stops it.
     metrics: Option<(SocketAddr, oneshot::Sender<()>)>,
 }
 
@@ -157,7 +158,7 @@ impl Node {
                     .map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
                 let bound = listener.local_addr()?;
                 let (stop, stopped) = oneshot::channel::<()>();
-                crate::api::serve_metrics(inner.clone(), listener, async {
+                crate::api::serve_http(inner.clone(), listener, async {
                     let _ = stopped.await;
                 });
                 Some((bound, stop))

@@ -3,10 +3,10 @@
 
 mod client;
 mod grpc_metrics;
-mod metrics;
+mod http;
 mod peer;
 
-pub(crate) use metrics::serve_metrics;
+pub(crate) use http::serve_http;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 
 mod admin;
 mod deploy;
+mod overview;
 mod read;
 mod write;
 
@@ -18,6 +19,7 @@ use tonic::Status;
 pub use admin::AdminError;
 pub(crate) use deploy::control_outcome;
 pub use deploy::{DEPLOY_CHUNK_BYTES, PREPARE_TIMEOUT};
+pub use overview::{Member, diverged};
 
 use crate::raft::{Faults, Network, Raft};
 use crate::sm::Shared;

@@ -207,10 +207,14 @@ impl SnapshotStats {
             Rejection::Format(_) => &self.rejected_format,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .activity
+            .error("snapshot refused".into(), None, &rejection.to_string());
     }
 
     /// Counts a failed build and keeps its error for `cluster status` and `wasmraft snapshot`.
     pub fn build_failed(&self, error: String) {
+        self.metrics.activity.error("snapshot build".into(), None, &error);
         *lock(&self.last_build_error) = error;
         let failed = self.build_failed.fetch_add(1, Ordering::Relaxed) + 1;
         self.failures.send_replace(failed);

@@ -1,0 +1,103 @@
+//! Every member's view at once: what the status page and `cluster status --all` show, with the
+//! members whose state digest differs from the others' at the same applied index flagged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::cluster::NodeInner;
+use crate::pb;
+use crate::pb::api_client::ApiClient;
+
+/// How long a member has to answer before it is shown as unreachable.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One member, as it answered (or why it did not).
+#[derive(Debug)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub status: Result<pb::ClusterStatusResponse, String>,
+    pub plugins: Vec<pb::PluginInfo>,
+}
+
+/// The members whose digest differs from the one most members report at the same applied index,
+/// with why. Members are `(id, digest index, digest)`.
+pub fn diverged<'a>(members: impl IntoIterator<Item = (u64, u64, &'a str)>) -> BTreeMap<u64, String> {
+    let mut by_index: BTreeMap<u64, Vec<(u64, &str)>> = BTreeMap::new();
+    for (id, index, digest) in members {
+        by_index.entry(index).or_default().push((id, digest));
+    }
+    let mut flagged = BTreeMap::new();
+    for (index, digests) in by_index {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, digest) in &digests {
+            *counts.entry(digest).or_default() += 1;
+        }
+        let Some((common, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
+            continue;
+        };
+        for (id, digest) in &digests {
+            if digest != common {
+                flagged.insert(*id, format!("digest differs from the others' at index {index}"));
+            }
+        }
+    }
+    flagged
+}
+
+impl NodeInner {
+    /// Asks every member (this node included, directly) for its status and plugins, in parallel.
+    pub async fn members(&self) -> Vec<Member> {
+        let own = self.status();
+        let asks = own.nodes.iter().map(|n| async move {
+            if n.id == self.id {
+                return Member {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                    status: Ok(self.status()),
+                    plugins: self.list_plugins().plugins,
+                };
+            }
+            let ask = async {
+                let channel = self.network.channel(n.id, &n.addr).map_err(|e| e.to_string())?;
+                let mut api = ApiClient::new(channel);
+                let status = api
+                    .cluster_status(pb::ClusterStatusRequest {})
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                let plugins = api
+                    .list_plugins(pb::ListPluginsRequest {})
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner()
+                    .plugins;
+                Ok::<_, String>((status, plugins))
+            };
+            let (status, plugins) = match tokio::time::timeout(MEMBER_TIMEOUT, ask).await {
+                Ok(Ok((status, plugins))) => (Ok(status), plugins),
+                Ok(Err(e)) => (Err(e), Vec::new()),
+                Err(_) => (Err(format!("no answer within {MEMBER_TIMEOUT:?}")), Vec::new()),
+            };
+            Member {
+                id: n.id,
+                addr: n.addr.clone(),
+                status,
+                plugins,
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_unlike_the_others_at_the_same_index_is_flagged_and_other_indexes_are_not_compared() {
+        let flagged = diverged([(1, 10, "aa"), (2, 10, "aa"), (3, 10, "bb"), (4, 9, "cc")]);
+        assert_eq!(flagged.keys().copied().collect::<Vec<_>>(), [3]);
+        assert!(diverged([(1, 10, "aa"), (2, 11, "bb")]).is_empty());
+    }
+}
