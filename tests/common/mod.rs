@@ -156,6 +156,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     /// Top-level lines added to every node's config.
     pub extra_config: String,
+    /// Environment variables every node process added by [`Cluster::add_node`] starts with.
+    pub node_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -166,11 +168,17 @@ impl Cluster {
 
     /// Like [`Cluster::spawn`], with top-level config lines for every node.
     pub fn spawn_with(n: u64, extra_config: &str) -> Cluster {
+        Self::spawn_with_env(n, extra_config, &[])
+    }
+
+    /// Like [`Cluster::spawn_with`], with environment variables for every node process.
+    pub fn spawn_with_env(n: u64, extra_config: &str, env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = Cluster {
             dir,
             nodes: Vec::new(),
             extra_config: extra_config.to_string(),
+            node_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let peers: BTreeMap<u64, String> = ports
@@ -204,7 +212,8 @@ impl Cluster {
             child: None,
             log: self.dir.path().join(format!("node-{id}.log")),
         };
-        node.start();
+        let env: Vec<(&str, &str)> = self.node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        node.start_with_env(&env);
         self.nodes.push(node);
         self.nodes.len() - 1
     }

@@ -104,7 +104,7 @@ impl Node {
             ),
         })?;
         let settings = SnapshotSettings::new(config.data_dir.join("snapshots"), &config.snapshot);
-        let state_machine = blocking(|| StateMachine::open(store.clone(), runtime, settings))?;
+        let state_machine = blocking(|| StateMachine::open(config.id, store.clone(), runtime, settings))?;
         let shared = state_machine.shared();
         let snapshots = state_machine.snapshots();
         let listener = TcpListener::bind(config.listen).await?;
@@ -127,6 +127,7 @@ impl Node {
         .validate()?;
         let faults = Faults::default();
         let network = Network::new(
+            config.id,
             faults.clone(),
             snapshots.clone(),
             Duration::from_millis(config.raft.election_timeout_max_ms),

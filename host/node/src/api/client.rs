@@ -7,6 +7,7 @@ use std::sync::Arc;
 use openraft::errors::{ClientWriteError, RaftError};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info_span};
 
 use super::BoxStream;
 use crate::cluster::{AdminError, NodeInner, control_outcome};
@@ -150,7 +151,8 @@ impl pb::api_server::Api for ApiService {
 
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.0.clone();
-        tokio::spawn(async move { node.deploy(start, sha256, bytes, tx).await });
+        let span = info_span!("deploy", node = node.id, plugin = %start.name, %sha256);
+        tokio::spawn(async move { node.deploy(start, sha256, bytes, tx).await }.instrument(span));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -172,7 +174,8 @@ impl pb::api_server::Api for ApiService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.0.clone();
-        tokio::spawn(async move { node.activate_stored(activate, index, base, tx).await });
+        let span = info_span!("rollback", node = node.id, plugin = %activate.name, sha256 = %activate.sha256);
+        tokio::spawn(async move { node.activate_stored(activate, index, base, tx).await }.instrument(span));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

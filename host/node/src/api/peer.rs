@@ -7,7 +7,7 @@ use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesResponse, StreamAppendError, TransferLeaderRequest};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use super::{BoxStream, bad, raft_err};
 use crate::cluster::{NodeInner, PREPARE_TIMEOUT};
@@ -56,14 +56,15 @@ impl pb::peer_server::Peer for PeerService {
         req: Request<Streaming<pb::AppendRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         use pb::append_response::Result as R;
+        let node = self.0.id;
         // A malformed or failed request ends the input (the leader sees the stream close and
         // retries): it is never skipped, since the leader pairs each reply with its request.
         let input = req
             .into_inner()
-            .map(|item| match item.map(append_request_from_pb) {
+            .map(move |item| match item.map(append_request_from_pb) {
                 Ok(Ok(rpc)) => Some(rpc),
                 Ok(Err(e)) => {
-                    warn!("stream append: {e}");
+                    warn!(node, "stream append: {e}");
                     None
                 }
                 Err(_) => None,
@@ -130,6 +131,12 @@ impl pb::peer_server::Peer for PeerService {
             .as_ref()
             .map(crate::wire::log_id_from_pb)
             .ok_or_else(|| Status::invalid_argument("a snapshot without a last log id"))?;
+        let span = tracing::info_span!(
+            "snapshot_receive",
+            node = self.0.id,
+            term = vote.leader_id.term,
+            index = last_log_id.index,
+        );
         let node = self.0.clone();
         let receiving = node
             .receiving
@@ -150,7 +157,7 @@ impl pb::peer_server::Peer for PeerService {
             let rejection =
                 snapshot::Rejection::Stale(format!("it ends at {last_log_id}, this node has applied {applied}"));
             stats.reject(&rejection);
-            warn!(from_term = vote.leader_id.term, "rejected a {rejection}");
+            warn!(parent: &span, "rejected a {rejection}");
             let ack = pb::SnapshotAck {
                 offset: start.size,
                 installed: true,
@@ -168,6 +175,7 @@ impl pb::peer_server::Peer for PeerService {
                 .resumed_bytes
                 .fetch_add(resumed, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
+                parent: &span,
                 offset = resumed,
                 size = start.size,
                 "resuming a snapshot transfer where the last one broke"
@@ -179,26 +187,29 @@ impl pb::peer_server::Peer for PeerService {
                 ..Default::default()
             }))
             .await;
-        tokio::spawn(async move {
-            let _receiving = receiving;
-            let Some((snapshot, path, received)) =
-                snapshot::receive(input, incoming, vote, last_log_id, &tx, &node.snapshots.stats).await
-            else {
-                return;
-            };
-            let result = node.raft.install_full_snapshot(vote, snapshot).await;
-            // Installed files moved into the snapshot directory; one openraft declined did not.
-            snapshot::forget(&path);
-            let reply = match result {
-                Ok(resp) => Ok(pb::SnapshotAck {
-                    offset: received + resumed,
-                    installed: true,
-                    vote: Some(vote_to_pb(&resp.vote)),
-                }),
-                Err(e) => Err(Status::internal(e.to_string())),
-            };
-            let _ = tx.send(reply).await;
-        });
+        tokio::spawn(
+            async move {
+                let _receiving = receiving;
+                let Some((snapshot, path, received)) =
+                    snapshot::receive(input, incoming, vote, last_log_id, &tx, &node.snapshots.stats).await
+                else {
+                    return;
+                };
+                let result = node.raft.install_full_snapshot(vote, snapshot).await;
+                // Installed files moved into the snapshot directory; one openraft declined did not.
+                snapshot::forget(&path);
+                let reply = match result {
+                    Ok(resp) => Ok(pb::SnapshotAck {
+                        offset: received + resumed,
+                        installed: true,
+                        vote: Some(vote_to_pb(&resp.vote)),
+                    }),
+                    Err(e) => Err(Status::internal(e.to_string())),
+                };
+                let _ = tx.send(reply).await;
+            }
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

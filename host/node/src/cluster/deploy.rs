@@ -10,6 +10,7 @@ use futures::stream::FuturesUnordered;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc;
 use tonic::Status;
+use tracing::{info, warn};
 
 use super::NodeInner;
 use crate::pb::{self, command, command_result, peer_client::PeerClient};
@@ -78,6 +79,7 @@ impl NodeInner {
                 return; // the client went away
             }
         }
+        info!(bytes = total, index = last_chunk, "component uploaded through the log");
         let activate = pb::Activate {
             name: start.name,
             sha256: sha256.clone(),
@@ -295,8 +297,12 @@ impl NodeInner {
             Vec::new()
         } else {
             match self.ready_everywhere(&activate.sha256, index, &tx, report).await {
-                Ok(compiles) => compiles,
+                Ok(compiles) => {
+                    info!(voters = compiles.len(), "every voter has compiled the component");
+                    compiles
+                }
                 Err(status) => {
+                    warn!("not activated: {}", status.message());
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
@@ -307,10 +313,13 @@ impl NodeInner {
             kind: Some(command::Kind::Activate(activate)),
         };
         let last = match self.propose(command).await {
-            Ok((index, result)) => control_outcome(result).map(|_| pb::DeployProgress {
-                activated_index: Some(index),
-                compiles,
-                ..base
+            Ok((index, result)) => control_outcome(result).map(|_| {
+                info!(index, "activated");
+                pb::DeployProgress {
+                    activated_index: Some(index),
+                    compiles,
+                    ..base
+                }
             }),
             Err(status) => Err(status),
         };

@@ -17,7 +17,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ack_gate;
 use super::faults::Faults;
@@ -33,6 +33,8 @@ use crate::wire::{
 /// Makes the peer clients; channels are cached by address and shared.
 #[derive(Clone)]
 pub struct Network {
+    /// This node's id, for its logs' spans.
+    id: NodeId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     faults: Faults,
     snapshots: Arc<Snapshots>,
@@ -45,6 +47,8 @@ pub struct Network {
 /// warnings are filtered out by the CLI for the same reason.
 #[derive(Debug)]
 struct Health {
+    /// This node.
+    node: NodeId,
     down_after: Duration,
     down_since: Mutex<HashMap<NodeId, (Instant, bool)>>,
 }
@@ -55,15 +59,25 @@ impl Health {
         let (since, reported) = down.entry(peer).or_insert((Instant::now(), false));
         if !*reported && since.elapsed() >= self.down_after {
             *reported = true;
-            warn!(peer, secs = since.elapsed().as_secs_f64(), "peer unreachable: {error}");
+            warn!(
+                node = self.node,
+                peer,
+                secs = since.elapsed().as_secs_f64(),
+                "peer unreachable: {error}"
+            );
         } else {
-            debug!(peer, "peer RPC failed: {error}");
+            debug!(node = self.node, peer, "peer RPC failed: {error}");
         }
     }
 
     fn reached(&self, peer: NodeId) {
         if let Some((since, true)) = lock(&self.down_since).remove(&peer) {
-            info!(peer, secs = since.elapsed().as_secs_f64(), "peer reachable again");
+            info!(
+                node = self.node,
+                peer,
+                secs = since.elapsed().as_secs_f64(),
+                "peer reachable again"
+            );
         }
     }
 
@@ -81,12 +95,14 @@ impl Health {
 impl Network {
     /// `down_after`: how long a peer may be unreachable before it is reported (an election
     /// timeout).
-    pub fn new(faults: Faults, snapshots: Arc<Snapshots>, down_after: Duration) -> Self {
+    pub fn new(id: NodeId, faults: Faults, snapshots: Arc<Snapshots>, down_after: Duration) -> Self {
         Self {
+            id,
             channels: Arc::default(),
             faults,
             snapshots,
             health: Arc::new(Health {
+                node: id,
                 down_after,
                 down_since: Mutex::default(),
             }),
@@ -114,6 +130,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         PeerConnection {
+            id: self.id,
             target,
             channel: self.channel(target, &node.addr).map_err(|e| e.to_string()),
             faults: self.faults.clone(),
@@ -126,6 +143,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// openraft's view of one peer.
 pub struct PeerConnection {
+    /// This node.
+    id: NodeId,
     target: NodeId,
     channel: Result<Channel, String>,
     faults: Faults,
@@ -223,6 +242,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     where
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
+        let span = info_span!("replicate", node = self.id, peer = self.target);
         async move {
             if self.stream_failures > 0 {
                 tokio::time::sleep(retry_delay(self.stream_failures)).await;
@@ -250,6 +270,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             });
             Ok(replies.wrap(results).boxed())
         }
+        .instrument(span)
         .boxed()
     }
 
@@ -298,7 +319,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let client = self.client().await?;
-        let send = crate::snapshot::send(client, self.target, &self.snapshots, vote, snapshot);
+        let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        let span = info_span!(
+            "snapshot_send",
+            node = self.id,
+            peer = self.target,
+            term = vote.leader_id.term,
+            index,
+        );
+        let send = crate::snapshot::send(client, self.target, &self.snapshots, vote, snapshot).instrument(span);
         let resp = tokio::select! {
             resp = send => resp?,
             closed = cancel => return Err(StreamingError::Closed(closed)),

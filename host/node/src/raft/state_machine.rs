@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use tracing::warn;
+use tracing::{info_span, warn};
 use wasmraft_runtime::Runtime;
 use wasmraft_store::Store;
 
@@ -19,6 +19,8 @@ use crate::util::{blocking, io_err, lock};
 
 /// openraft's state machine.
 pub struct StateMachine {
+    /// The node's id, for its logs' spans.
+    id: u64,
     core: Machine,
     snapshots: Arc<Snapshots>,
 }
@@ -26,12 +28,12 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine on `store`: what was applied, the active plugins, and the snapshot
     /// directory (cleared of temp files a crash left).
-    pub fn open(store: Store, runtime: Runtime, settings: SnapshotSettings) -> io::Result<Self> {
+    pub fn open(id: u64, store: Store, runtime: Runtime, settings: SnapshotSettings) -> io::Result<Self> {
         std::fs::create_dir_all(&settings.dir)?;
         snapshot::clean(&settings.dir)?;
-        let core = Machine::open(store, runtime)?;
+        let core = Machine::open(id, store, runtime)?;
         let snapshots = Arc::new(Snapshots::new(settings, core.shared().metrics.clone()));
-        Ok(Self { core, snapshots })
+        Ok(Self { id, core, snapshots })
     }
 
     /// The active plugins and the state, as queries and the services see them.
@@ -61,8 +63,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some(item) = entries.try_next().await? {
             batch.push(item);
         }
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let span = info_span!(
+            "apply",
+            node = self.id,
+            term = last.0.log_id.leader_id.term,
+            first = first.0.log_id.index,
+            last = last.0.log_id.index,
+        );
         // Plugin calls are synchronous CPU work: keep them off the async workers' queue.
-        let replies = blocking(|| self.core.apply_entries(batch))?;
+        let replies = blocking(|| span.in_scope(|| self.core.apply_entries(batch)))?;
         for (responder, result) in replies {
             responder.send(result);
         }
@@ -71,13 +83,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
+            id: self.id,
             job: Mutex::new(Some(BuildJob::capture(&self.core, &self.snapshots.settings))),
             snapshots: self.snapshots.clone(),
         }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
-        blocking(|| snapshot::install(&mut self.core, &self.snapshots, meta, snapshot))
+        let (term, index) = meta.last_log_id.map_or((0, 0), |l| (l.leader_id.term, l.index));
+        let span = info_span!("snapshot_install", node = self.id, term, index);
+        blocking(|| span.in_scope(|| snapshot::install(&mut self.core, &self.snapshots, meta, snapshot)))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotFile>>, io::Error> {
@@ -101,6 +116,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// A snapshot build, captured by `get_snapshot_builder` and run by openraft on a
 /// task of its own.
 pub struct SnapshotBuilder {
+    id: u64,
     /// In a mutex only because openraft wants a `Sync` builder (plugin instances are not).
     job: Mutex<Option<BuildJob>>,
     snapshots: Arc<Snapshots>,
@@ -113,8 +129,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let job = lock(&self.job).take().ok_or_else(|| io_err("snapshot already built"))?;
         let header = job.header.clone();
         let stats = &self.snapshots.stats;
+        let last = header.last_log_id.unwrap_or_default();
+        let span = info_span!("snapshot_build", node = self.id, term = last.term, index = last.index);
         stats.building.store(true, Ordering::Relaxed);
-        let built = tokio::task::spawn_blocking(move || snapshot::build(job)).await;
+        let build_span = span.clone();
+        let built = tokio::task::spawn_blocking(move || build_span.in_scope(|| snapshot::build(job))).await;
         stats.building.store(false, Ordering::Relaxed);
         let built = built.map_err(io_err)?;
         match built {
@@ -130,7 +149,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 // openraft treats a failed build as a storage fault and stops the node. A plugin
                 // whose snapshot export fails must not take the node down: hand back a snapshot
                 // of nothing (no log id), which openraft ignores as not newer than what it has.
-                tracing::error!("snapshot build failed (the node goes on without it): {e}");
+                tracing::error!(parent: &span, "snapshot build failed (the node goes on without it): {e}");
                 stats.build_failed(e.to_string());
                 Ok(Snapshot {
                     meta: SnapshotMeta {

@@ -67,7 +67,7 @@ fn lower_compile_priority() {
 }
 
 impl Compiler {
-    pub(super) fn new(runtime: Runtime, store: Store) -> Arc<Self> {
+    pub(super) fn new(node: u64, runtime: Runtime, store: Store) -> Arc<Self> {
         lower_compile_priority();
         let (queue, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
         let compiler = Arc::new(Self {
@@ -82,6 +82,7 @@ impl Compiler {
             .name("wasmraft-compile".into())
             .spawn(move || {
                 lower_this_threads_priority();
+                let _span = tracing::info_span!("compiler", node).entered();
                 // Ends when the compiler is dropped (the sender goes with it).
                 while let Ok((sha256, bytes)) = rx.recv() {
                     let Some(compiler) = weak.upgrade() else { return };

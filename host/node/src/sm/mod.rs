@@ -72,7 +72,7 @@ pub(crate) type Replies = Vec<(openraft::storage::ApplyResponder<TypeConfig>, pb
 impl Machine {
     /// Opens the state machine on `store`: reads what was applied and re-creates the active
     /// plugins from their stored components.
-    pub fn open(store: Store, runtime: Runtime) -> io::Result<Self> {
+    pub fn open(id: u64, store: Store, runtime: Runtime) -> io::Result<Self> {
         let applied = match store.sm_meta_get(APPLIED).map_err(io_err)? {
             Some(bytes) => Some(log_id_from_pb(
                 &decode::<pb::LogId>(&bytes, "applied log id").map_err(io_err)?,
@@ -89,6 +89,7 @@ impl Machine {
         };
         let pending = Arc::new(Mutex::new(Pending::new(&store, writes_digest)));
         let shared = Arc::new(Shared::new(
+            id,
             store,
             runtime,
             (

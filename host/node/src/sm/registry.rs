@@ -114,6 +114,8 @@ fn builtin(sha256: &str) -> Result<Code, String> {
 
 /// State shared between the state machine (inside Raft) and the client API.
 pub struct Shared {
+    /// The node's id (for its logs' spans).
+    pub id: u64,
     pub store: Store,
     pub runtime: Runtime,
     /// Compiles uploaded components in the background (off the apply path).
@@ -129,9 +131,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(store: Store, runtime: Runtime, digest: (u64, String)) -> Self {
+    pub(super) fn new(id: u64, store: Store, runtime: Runtime, digest: (u64, String)) -> Self {
         Self {
-            compiler: Compiler::new(runtime.clone(), store.clone()),
+            id,
+            compiler: Compiler::new(id, runtime.clone(), store.clone()),
             metrics: Arc::default(),
             store,
             runtime,
