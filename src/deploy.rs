@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use futures::StreamExt;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use wasmraft_node::pb::{self, api_client::ApiClient};
@@ -138,61 +139,70 @@ pub async fn deploy(
     }
 }
 
-pub async fn plugins(endpoint: &str) -> anyhow::Result<ExitCode> {
+pub async fn plugins(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(endpoint).await?;
-    match client.list_plugins(pb::ListPluginsRequest {}).await {
-        Ok(resp) => {
-            let plugins = resp.into_inner().plugins;
-            if plugins.is_empty() {
-                println!("no plugins (deploy one: wasmraft deploy NAME FILE.wasm)");
-            }
-            for p in plugins {
-                println!(
-                    "{:<16} {}  {:>9} bytes  active since index {}{}",
-                    p.name,
-                    p.sha256,
-                    p.size,
-                    p.activated_index,
-                    labelled(&p.label)
-                );
-                for (i, earlier) in p.history.iter().rev().enumerate() {
-                    let what = if i == 0 { "earlier:" } else { "" };
-                    println!(
-                        "{what:>16} {}  {:>9} bytes{}",
-                        earlier.sha256,
-                        earlier.size,
-                        labelled(&earlier.label)
-                    );
-                }
-            }
-            every_node(&mut client).await;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(status) => Ok(report(&status)),
-    }
-}
-
-/// Each member's view: the version it runs of each plugin (first 12 hex digits of the sha256),
-/// and its compiles that are not done or failed.
-async fn every_node(client: &mut ApiClient<Channel>) {
-    let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await else {
-        return;
+    let plugins = match client.list_plugins(pb::ListPluginsRequest {}).await {
+        Ok(resp) => resp.into_inner().plugins,
+        Err(status) => return Ok(report(&status)),
     };
-    let nodes = status.into_inner().nodes;
-    if nodes.is_empty() {
-        return;
+    let nodes = every_node(&mut client).await;
+    if as_json {
+        let version = |sha256: &str, size: u64, label: &str| json!({"sha256": sha256, "size": size, "label": label});
+        let plugins: Vec<Value> = plugins
+            .iter()
+            .map(|p| {
+                let mut v = version(&p.sha256, p.size, &p.label);
+                v["name"] = json!(p.name);
+                v["activated_index"] = json!(p.activated_index);
+                v["earlier"] = p.history.iter().map(|e| version(&e.sha256, e.size, &e.label)).collect();
+                v
+            })
+            .collect();
+        let nodes: Vec<Value> = nodes
+            .iter()
+            .map(|(node, view)| match view {
+                Ok(view) => json!({
+                    "id": node.id,
+                    "addr": node.addr,
+                    "plugins": view.plugins.iter().map(|p| json!({"name": p.name, "sha256": p.sha256})).collect::<Vec<_>>(),
+                    "compiles": view.compiles.iter().map(|c| json!({"sha256": c.sha256, "state": c.state})).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({"id": node.id, "addr": node.addr, "unreachable": e}),
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"plugins": plugins, "nodes": nodes}))?
+        );
+        return Ok(ExitCode::SUCCESS);
     }
-    println!("nodes");
-    for node in nodes {
-        let answer = match connect(&node.addr).await {
-            Ok(mut api) => api
-                .list_plugins(pb::ListPluginsRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let line = match answer {
+    if plugins.is_empty() {
+        println!("no plugins (deploy one: wasmraft deploy NAME FILE.wasm)");
+    }
+    for p in plugins {
+        println!(
+            "{:<16} {}  {:>9} bytes  active since index {}{}",
+            p.name,
+            p.sha256,
+            p.size,
+            p.activated_index,
+            labelled(&p.label)
+        );
+        for (i, earlier) in p.history.iter().rev().enumerate() {
+            let what = if i == 0 { "earlier:" } else { "" };
+            println!(
+                "{what:>16} {}  {:>9} bytes{}",
+                earlier.sha256,
+                earlier.size,
+                labelled(&earlier.label)
+            );
+        }
+    }
+    if !nodes.is_empty() {
+        println!("nodes");
+    }
+    for (node, view) in nodes {
+        let line = match view {
             Ok(view) => {
                 let mut parts: Vec<String> = view
                     .plugins
@@ -215,6 +225,27 @@ async fn every_node(client: &mut ApiClient<Channel>) {
         };
         println!("  node {:<4} {line}", node.id);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each member's view: the plugins it runs and its compiles (or why it did not answer).
+async fn every_node(client: &mut ApiClient<Channel>) -> Vec<(pb::NodeStatus, Result<pb::ListPluginsResponse, String>)> {
+    let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await else {
+        return Vec::new();
+    };
+    let mut views = Vec::new();
+    for node in status.into_inner().nodes {
+        let view = match connect(&node.addr).await {
+            Ok(mut api) => api
+                .list_plugins(pb::ListPluginsRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        views.push((node, view));
+    }
+    views
 }
 
 /// `  (label)` after a version, or nothing.

@@ -117,6 +117,9 @@ enum Command {
     Plugins {
         #[command(flatten)]
         endpoint: EndpointArg,
+        /// JSON, for scripts: the plugins with their earlier versions, and each node's view.
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
         command: Option<PluginsCommand>,
     },
@@ -302,8 +305,12 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             config,
             label,
         } => deploy::deploy(&endpoint.endpoint, name, &file, config.into_bytes(), label).await,
-        Command::Plugins { endpoint, command } => match command {
-            None => deploy::plugins(&endpoint.endpoint).await,
+        Command::Plugins {
+            endpoint,
+            json,
+            command,
+        } => match command {
+            None => deploy::plugins(&endpoint.endpoint, json).await,
             Some(PluginsCommand::Rollback { name, sha256 }) => {
                 deploy::rollback(&endpoint.endpoint, name, sha256.unwrap_or_default()).await
             }

@@ -396,6 +396,20 @@ async fn a_plugin_is_upgraded_rolled_back_and_removed_on_every_node() {
     for id in 1..=3 {
         assert!(listed.contains(&format!("node {id}    kv {}", &c[..12])), "{listed}");
     }
+    let out = cluster.cli(&["plugins", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let kv = &listed["plugins"][0];
+    assert_eq!(
+        (&kv["name"], &kv["sha256"], &kv["label"]),
+        (&"kv".into(), &c.clone().into(), &"c-port".into())
+    );
+    assert_eq!(kv["earlier"][0]["sha256"], rust.as_str(), "{listed}");
+    let nodes = listed["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{listed}");
+    assert!(
+        nodes.iter().all(|n| n["plugins"][0]["sha256"] == c.as_str()),
+        "{listed}"
+    );
 
     let out = cluster.cli(&["plugins", "rollback", "kv", &"0".repeat(64)]).await;
     assert_eq!(out.status.code(), Some(1));
