@@ -217,6 +217,36 @@ async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every
         Some(built.file_bytes as f64)
     );
     assert_eq!(value(&on_first, "wasmraft_snapshots_built_total", &[]), Some(1.0));
+
+    // Every metric the Grafana dashboard queries is one a node serves (once it built a snapshot).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana.json")).unwrap(),
+    )
+    .unwrap();
+    let served: std::collections::BTreeSet<&str> = on_first.samples.iter().map(|s| s.metric.as_str()).collect();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("wasmraft_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    served.contains(name.as_str()) || served.contains(base),
+                    "the dashboard's panel {:?} queries {name}, which no node serves",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried > 20, "{queried} metric references in the dashboard");
     for node in nodes {
         node.shutdown().await.unwrap();
     }
