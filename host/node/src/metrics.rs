@@ -5,6 +5,7 @@
 //!   snapshot counters, plugins and compiles, RocksDB sizes): [`Metrics::encode`] takes them as a
 //!   [`Scraped`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,12 +88,14 @@ pub struct Metrics {
     registry: Registry,
     /// What the scrape in progress read from the node.
     scraped: Arc<Mutex<Scraped>>,
+    /// Off: nothing is recorded (a node that serves no metrics pays nothing for them).
+    recording: AtomicBool,
     /// Log fsyncs (one covers every append queued before it).
-    pub fsyncs: Counter,
+    fsyncs: Counter,
     /// Appends covered by those fsyncs (their ratio: appends per fsync).
-    pub fsync_appends: Counter,
+    fsync_appends: Counter,
     /// How long each log fsync took, in seconds.
-    pub fsync_seconds: Histogram,
+    fsync_seconds: Histogram,
     /// How long queries took (read barrier and answer), by consistency, in seconds.
     query_seconds: Family<ConsistencyLabels, Histogram, fn() -> Histogram>,
     /// Entries in each batch Raft hands the state machine.
@@ -124,6 +127,7 @@ impl Default for Metrics {
         Self {
             registry: Registry::default(),
             scraped: Arc::default(),
+            recording: AtomicBool::new(true),
             fsyncs: Counter::default(),
             fsync_appends: Counter::default(),
             fsync_seconds: latency_histogram(),
@@ -247,8 +251,30 @@ impl Metrics {
         self
     }
 
+    /// Stops recording: for a node that does not serve its metrics.
+    pub fn stop_recording(&self) {
+        self.recording.store(false, Ordering::Relaxed);
+    }
+
+    fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    /// Records one log fsync that covered `appends` appends and took `took`.
+    pub fn observe_fsync(&self, appends: usize, took: Duration) {
+        if !self.recording() {
+            return;
+        }
+        self.fsync_seconds.observe(took.as_secs_f64());
+        self.fsyncs.inc();
+        self.fsync_appends.inc_by(appends as u64);
+    }
+
     /// Records one query's latency at `consistency`.
     pub fn observe_query(&self, consistency: &str, took: Duration) {
+        if !self.recording() {
+            return;
+        }
         let labels = ConsistencyLabels {
             consistency: consistency.into(),
         };
@@ -257,11 +283,17 @@ impl Metrics {
 
     /// Records the size of one batch Raft handed the state machine.
     pub fn observe_apply_batch(&self, entries: usize) {
+        if !self.recording() {
+            return;
+        }
         self.apply_batch_entries.observe(entries as f64);
     }
 
     /// Counts one apply call of `plugin`, which took `took`, and its outcomes.
     pub fn count_apply(&self, plugin: &str, took: Duration, outcomes: &[EntryOutcome]) {
+        if !self.recording() {
+            return;
+        }
         let labels = PluginLabels { plugin: plugin.into() };
         self.apply_calls.get_or_create(&labels).inc();
         self.apply_seconds.get_or_create(&labels).observe(took.as_secs_f64());
@@ -286,6 +318,9 @@ impl Metrics {
 
     /// Counts one gRPC request to `method` answered with `code` after `took`.
     pub fn observe_grpc(&self, method: &str, code: tonic::Code, took: Duration) {
+        if !self.recording() {
+            return;
+        }
         self.grpc_requests
             .get_or_create(&GrpcLabels {
                 method: method.into(),
@@ -304,6 +339,9 @@ impl Metrics {
 
     /// Records a finished snapshot `phase` (build, transfer or install).
     pub fn observe_snapshot_phase(&self, phase: &str, stats: &pb::PhaseStats) {
+        if !self.recording() {
+            return;
+        }
         let labels = PhaseLabels { phase: phase.into() };
         self.snapshot_seconds
             .get_or_create(&labels)
@@ -500,5 +538,37 @@ impl Collector for ScrapeTime {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied_text(metrics: &Metrics) -> String {
+        let outcome = EntryOutcome {
+            index: 7,
+            result: Err(PluginError::Returned("no".into())),
+            fuel_used: 5000,
+        };
+        metrics.count_apply("kv", Duration::from_micros(30), &[outcome]);
+        metrics.observe_fsync(3, Duration::from_micros(200));
+        metrics.encode(Scraped::default())
+    }
+
+    #[test]
+    fn a_node_that_serves_no_metrics_records_none() {
+        let recording = applied_text(&Metrics::default());
+        assert!(
+            recording.contains(r#"wasmraft_plugin_errors_total{plugin="kv",kind="returned"} 1"#),
+            "{recording}"
+        );
+        assert!(recording.contains("wasmraft_log_fsync_appends_total 3"), "{recording}");
+
+        let off = Metrics::default();
+        off.stop_recording();
+        let text = applied_text(&off);
+        assert!(!text.contains("plugin_errors_total{"), "{text}");
+        assert!(text.contains("wasmraft_log_fsync_appends_total 0"), "{text}");
     }
 }

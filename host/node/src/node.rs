@@ -106,6 +106,10 @@ impl Node {
         let settings = SnapshotSettings::new(config.data_dir.join("snapshots"), &config.snapshot);
         let state_machine = blocking(|| StateMachine::open(config.id, store.clone(), runtime, settings))?;
         let shared = state_machine.shared();
+        if config.metrics_listen.is_none() {
+            // Nobody can read them: do not pay for them.
+            shared.metrics.stop_recording();
+        }
         let snapshots = state_machine.snapshots();
         let listener = TcpListener::bind(config.listen).await?;
         let local = listener.local_addr()?;

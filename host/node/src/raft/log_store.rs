@@ -51,9 +51,7 @@ impl LogStore {
                     group.extend(pending.try_iter());
                     let started = std::time::Instant::now();
                     let result = sync_store.sync();
-                    metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
-                    metrics.fsyncs.inc();
-                    metrics.fsync_appends.inc_by(group.len() as u64);
+                    metrics.observe_fsync(group.len(), started.elapsed());
                     for callback in group {
                         callback.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
                     }
