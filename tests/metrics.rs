@@ -165,6 +165,11 @@ async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every
             );
         }
         assert_eq!(value(&scrape, "wasmraft_compiles", &[("state", "failed")]), Some(0.0));
+        // Activated components leave the compiler: nothing is left compiling.
+        assert_eq!(
+            value(&scrape, "wasmraft_compiles", &[("state", "compiling")]),
+            Some(0.0)
+        );
         assert!(value(&scrape, "wasmraft_rocksdb_memtable_bytes", &[("family", "log")]) > Some(0.0));
         assert!(value(&scrape, "wasmraft_rocksdb_sst_bytes", &[("family", "data")]).is_some());
     }

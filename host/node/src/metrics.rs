@@ -359,6 +359,15 @@ impl Metrics {
     }
 }
 
+/// A compile's state without its error: compiling, ready or failed.
+fn compile_state(state: &str) -> &'static str {
+    match state {
+        "compiling" => "compiling",
+        "ready" => "ready",
+        _ => "failed",
+    }
+}
+
 /// The scrape-time metrics: encodes whatever [`Metrics::encode`] was given.
 #[derive(Debug)]
 struct ScrapeTime(Arc<Mutex<Scraped>>);
@@ -505,8 +514,20 @@ impl Collector for ScrapeTime {
             "Background compiles of deployed components, by state (compiling, ready, failed)",
             MetricType::Gauge,
             ["compiling", "ready", "failed"].map(|state| {
-                let n = now.compiles.iter().filter(|c| c.state.starts_with(state)).count();
+                let n = now.compiles.iter().filter(|c| compile_state(&c.state) == state).count();
                 ([("state", state)], ConstGauge::new(n as u64))
+            }),
+        )?;
+        each(
+            e,
+            "compile_state",
+            "1 for each component this node compiled or compiles, with its state",
+            MetricType::Gauge,
+            now.compiles.iter().map(|c| {
+                (
+                    [("version", c.sha256.as_str()), ("state", compile_state(&c.state))],
+                    ConstGauge::new(1u64),
+                )
             }),
         )?;
 
