@@ -258,6 +258,17 @@ pub async fn change_membership(endpoint: &str, voters: Vec<u64>, retain: bool) -
     }
 }
 
+pub async fn remove_learner(endpoint: &str, id: u64) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    match client.remove_learner(pb::RemoveLearnerRequest { id }).await {
+        Ok(resp) => {
+            println!("learner {id} removed at log index {}", resp.into_inner().index);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
 pub async fn transfer_leader(endpoint: &str, to: u64) -> anyhow::Result<ExitCode> {
     let mut client = connect(endpoint).await?;
     match client.transfer_leader(pb::TransferLeaderToRequest { to }).await {

@@ -197,6 +197,8 @@ enum ClusterCommand {
     },
     /// Hand leadership to another voter.
     TransferLeader { to: u64 },
+    /// Remove a learner (e.g. one that never caught up) from the membership.
+    RemoveLearner { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +328,7 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
                     client::change_membership(ep, voters, retain).await
                 }
                 ClusterCommand::TransferLeader { to } => client::transfer_leader(ep, to).await,
+                ClusterCommand::RemoveLearner { id } => client::remove_learner(ep, id).await,
             }
         }
         Command::Snapshot { endpoint } => client::snapshot(&endpoint.endpoint).await,

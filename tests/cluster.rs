@@ -126,6 +126,85 @@ async fn a_learner_added_and_promoted_serves_reads() {
     call(&mut api, "kv", &put("from-node-4", "2")).await.unwrap();
 }
 
+/// Runs the CLI with `args` and checks it is refused (exit 1) with `why` on stderr.
+async fn refused(endpoint: &str, args: &[&str], why: &str) {
+    let out = cli_at(endpoint, args).await;
+    assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {}", stdout(&out));
+    assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+}
+
+/// Admin calls check their input: a leader transfer to a non-voter, a learner at an address that
+/// does not parse or where no node (or another node) answers, or with a voter's id, are refused
+/// with the reason and change nothing; a learner can be removed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_calls_refuse_bad_input_with_the_reason_and_a_learner_can_be_removed() {
+    let mut cluster = Cluster::start_with_kv(3).await;
+    let leader = cluster.leader().await;
+    let endpoint = cluster.nodes[0].addr.clone();
+    refused(
+        &endpoint,
+        &["cluster", "transfer-leader", "99"],
+        "node 99 is not a voter (voters: 1, 2, 3)",
+    )
+    .await;
+    refused(
+        &endpoint,
+        &["cluster", "add-learner", "4", "bogus"],
+        "has no http:// or https:// scheme",
+    )
+    .await;
+    refused(
+        &endpoint,
+        &["cluster", "add-learner", "4", "http://[::1"],
+        "does not parse",
+    )
+    .await;
+    refused(
+        &endpoint,
+        &["cluster", "add-learner", "4", "http://127.0.0.1:1"],
+        "no wasmraft node answers",
+    )
+    .await;
+    let voter_addr = cluster.nodes[1].addr.clone();
+    refused(
+        &endpoint,
+        &["cluster", "add-learner", "2", &voter_addr],
+        "node 2 is already a voter",
+    )
+    .await;
+    let i = cluster.add_spare_node(4);
+    let learner_addr = cluster.nodes[i].addr.clone();
+    eventually("node 4 to serve", Duration::from_secs(30), || cluster.nodes[i].status()).await;
+    refused(
+        &endpoint,
+        &["cluster", "add-learner", "5", &learner_addr],
+        "is node 4, not node 5",
+    )
+    .await;
+    refused(&endpoint, &["cluster", "remove-learner", "2"], "node 2 is a voter").await;
+    refused(&endpoint, &["cluster", "remove-learner", "4"], "node 4 is not a member").await;
+
+    // Nothing changed: the same leader, three voters, no learner.
+    assert_eq!(cluster.leader().await, leader);
+    let status = status_at(&endpoint).await.unwrap();
+    assert_eq!(
+        status.nodes.iter().map(|n| (n.id, n.voter)).collect::<Vec<_>>(),
+        [(1, true), (2, true), (3, true)]
+    );
+
+    let out = cli_at(&endpoint, &["cluster", "add-learner", "4", &learner_addr]).await;
+    assert!(out.status.success(), "add-learner: {}", stderr(&out));
+    let out = cli_at(&endpoint, &["cluster", "remove-learner", "4"]).await;
+    assert!(out.status.success(), "remove-learner: {}", stderr(&out));
+    eventually("node 4 to leave the membership", Duration::from_secs(10), || async {
+        let status = status_at(&endpoint).await?;
+        (!status.nodes.iter().any(|n| n.id == 4)).then_some(())
+    })
+    .await;
+    let mut api = cluster.nodes[0].api().await;
+    call(&mut api, "kv", &put("after", "1")).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_plugin_and_a_malformed_payload_get_clear_errors_and_change_nothing() {
     let cluster = Cluster::start_with_kv(3).await;

@@ -4,15 +4,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use openraft::errors::{ClientWriteError, RaftError};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info_span};
 
 use super::BoxStream;
-use crate::cluster::{AdminError, NodeInner, control_outcome};
+use crate::cluster::{AdminError, NodeInner, check_member_addr, control_outcome, membership_error};
 use crate::pb::{self, command, command_result};
-use crate::types::TypeConfig;
 
 pub struct ApiService(pub Arc<NodeInner>);
 
@@ -205,10 +203,12 @@ impl pb::api_server::Api for ApiService {
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let req = req.into_inner();
+        check_member_addr(&req.addr)?;
         let index = self
             .0
             .on_leader(
                 || async {
+                    self.0.check_new_learner(req.id, &req.addr).await?;
                     let node = openraft::BasicNode { addr: req.addr.clone() };
                     let resp = self.0.raft.add_learner(req.id, node, req.blocking).await;
                     Ok(resp.map_err(membership_error)?.log_id.index)
@@ -247,6 +247,21 @@ impl pb::api_server::Api for ApiService {
         Ok(Response::new(pb::MembershipResponse { index }))
     }
 
+    async fn remove_learner(
+        &self,
+        req: Request<pb::RemoveLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let req = req.into_inner();
+        let index = self
+            .0
+            .on_leader(
+                || self.0.remove_learner(req.id),
+                |mut leader| async move { Ok(leader.remove_learner(req).await?.into_inner().index) },
+            )
+            .await?;
+        Ok(Response::new(pb::MembershipResponse { index }))
+    }
+
     async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
         Ok(Response::new(self.0.snapshot_now().await?))
     }
@@ -259,6 +274,7 @@ impl pb::api_server::Api for ApiService {
         self.0
             .on_leader(
                 || async {
+                    self.0.check_transfer_target(req.to)?;
                     let started = self.0.raft.trigger().transfer_leader(req.to).await;
                     started.map_err(|e| AdminError::Failed(Status::internal(e.to_string())))
                 },
@@ -266,14 +282,6 @@ impl pb::api_server::Api for ApiService {
             )
             .await?;
         Ok(Response::new(pb::TransferLeaderToResponse {}))
-    }
-}
-
-/// A membership change's error: "forward to leader" means leadership moved before it took effect.
-fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> AdminError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => AdminError::Moved(forward.to_string()),
-        e => AdminError::Failed(Status::failed_precondition(e.to_string())),
     }
 }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::RaftError;
+use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tonic::Status;
 use tonic::transport::Channel;
@@ -242,5 +242,151 @@ impl NodeInner {
             micros: build.micros,
             purged_index: status.purged_index,
         })
+    }
+}
+
+/// How long the leader waits for a would-be learner to say who it is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Checks a member address: `http://HOST:PORT` (or https), nothing after the port.
+pub fn check_member_addr(addr: &str) -> Result<(), Status> {
+    let bad = |why: &str| {
+        Status::invalid_argument(format!(
+            "address {addr:?} {why}: write http://HOST:PORT, e.g. http://127.0.0.1:7004"
+        ))
+    };
+    let uri: http::Uri = addr.parse().map_err(|e| bad(&format!("does not parse ({e})")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("has no http:// or https:// scheme"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if authority.host().is_empty() {
+        return Err(bad("has no host"));
+    }
+    if authority.port_u16().is_none() {
+        return Err(bad("has no port"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("has a path"));
+    }
+    Ok(())
+}
+
+impl NodeInner {
+    /// The membership this node knows (the leader's is the latest).
+    fn membership(&self) -> openraft::Membership<NodeId, BasicNode> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
+    /// On the leader, before adding `id` at `addr` as a learner: `id` is not a voter, not a
+    /// learner at another address, and the node that answers at `addr` says it is `id`.
+    pub async fn check_new_learner(&self, id: NodeId, addr: &str) -> Result<(), AdminError> {
+        let membership = self.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(AdminError::Failed(Status::already_exists(format!(
+                "node {id} is already a voter"
+            ))));
+        }
+        if let Some(node) = membership.get_node(&id)
+            && node.addr != addr
+        {
+            return Err(AdminError::Failed(Status::already_exists(format!(
+                "node {id} is already a learner at {}: remove-learner it first",
+                node.addr
+            ))));
+        }
+        let probe = async {
+            let channel = self.network.channel(id, addr).map_err(|e| e.to_string())?;
+            let status = ApiClient::new(channel)
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+                .map_err(|e| e.message().to_string())?;
+            Ok::<_, String>(status.into_inner().id)
+        };
+        let answered = tokio::time::timeout(PROBE_TIMEOUT, probe)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+        match answered {
+            Ok(answered) if answered == id => Ok(()),
+            Ok(other) => Err(AdminError::Failed(Status::failed_precondition(format!(
+                "the node at {addr} is node {other}, not node {id}"
+            )))),
+            Err(e) => Err(AdminError::Failed(Status::unavailable(format!(
+                "no wasmraft node answers at {addr} ({e}); start it first"
+            )))),
+        }
+    }
+
+    /// On the leader, before a leader transfer to `to`: `to` is a voter.
+    pub fn check_transfer_target(&self, to: NodeId) -> Result<(), AdminError> {
+        let membership = self.membership();
+        if membership.voter_ids().any(|v| v == to) {
+            return Ok(());
+        }
+        let voters: Vec<String> = membership.voter_ids().map(|v| v.to_string()).collect();
+        Err(AdminError::Failed(Status::invalid_argument(format!(
+            "node {to} is not a voter (voters: {})",
+            voters.join(", ")
+        ))))
+    }
+
+    /// On the leader: removes the learner `id` from the membership; returns the log index.
+    pub async fn remove_learner(&self, id: NodeId) -> Result<u64, AdminError> {
+        let membership = self.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(AdminError::Failed(Status::failed_precondition(format!(
+                "node {id} is a voter: change-membership without it first (it stays a learner), then remove it"
+            ))));
+        }
+        if membership.get_node(&id).is_none() {
+            return Err(AdminError::Failed(Status::not_found(format!(
+                "node {id} is not a member"
+            ))));
+        }
+        let change = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+        let resp = self.raft.change_membership(change, false).await;
+        Ok(resp.map_err(membership_error)?.log_id.index)
+    }
+}
+
+/// A membership change's error: "forward to leader" means leadership moved before it took effect.
+pub fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> AdminError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => AdminError::Moved(forward.to_string()),
+        e => AdminError::Failed(Status::failed_precondition(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_addresses_need_a_scheme_a_host_and_a_port_and_nothing_else() {
+        for good in [
+            "http://127.0.0.1:7004",
+            "https://node-4.example:443",
+            "http://[::1]:7004/",
+        ] {
+            assert!(check_member_addr(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "bogus",
+            "http://[::1",
+            "127.0.0.1:7004",
+            "http://127.0.0.1",
+            "ftp://h:1",
+            "http://h:1/x",
+            "",
+        ] {
+            let e = check_member_addr(bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(e.message().contains("http://HOST:PORT"), "{bad}: {}", e.message());
+        }
     }
 }
