@@ -371,6 +371,39 @@ fn a_snapshot_stream_that_never_ends_or_makes_no_progress_is_stopped() {
     }
 }
 
+/// Whatever `max_snapshot_bytes` allows, a stream is cut at a small multiple of the plugin's kv
+/// state plus a floor: the endless stream over an empty state stops at the floor (it used to run
+/// until the machine ran out of memory).
+#[test]
+fn a_snapshot_stream_far_larger_than_the_plugins_state_is_stopped_at_a_bound_of_that_state() {
+    let runtime = Runtime::new(RuntimeConfig {
+        limits: test_limits(),
+        cache_dir: None,
+    })
+    .unwrap();
+    assert_eq!(
+        runtime.limits().max_snapshot_bytes,
+        wasmraft_runtime::Limits::default().max_snapshot_bytes
+    );
+    let code = load(&runtime, plugins::HOSTILE_ENDLESS_SNAPSHOT);
+    let mut streamed = 0u64;
+    let result = fresh(&code)
+        .snapshot(1 << 20, |chunk| {
+            streamed += chunk.len() as u64;
+            Ok(())
+        })
+        .unwrap();
+    let floor = wasmraft_runtime::SNAPSHOT_FLOOR_BYTES;
+    assert_eq!(
+        result,
+        Err(PluginError::Limit(LimitExceeded::Snapshot { limit: floor }))
+    );
+    assert!(streamed <= floor, "{streamed} bytes streamed");
+    assert_eq!(wasmraft_runtime::snapshot_bound(u64::MAX, Some(1000)), floor + 4000);
+    assert_eq!(wasmraft_runtime::snapshot_bound(1 << 20, Some(1000)), 1 << 20);
+    assert_eq!(wasmraft_runtime::snapshot_bound(1 << 40, None), 1 << 40);
+}
+
 #[test]
 fn entries_carry_the_leader_timestamp_the_plugin_uses_instead_of_a_clock() {
     let runtime = runtime();

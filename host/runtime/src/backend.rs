@@ -27,6 +27,13 @@ pub trait KvBackend: Send {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, BackendError>;
     fn commit(&mut self, writes: WriteSet) -> Result<(), BackendError>;
+
+    /// The bytes of keys and values in this space, exactly or as an estimate that is not much
+    /// lower; `None` when unknown. A snapshot stream is bounded by it (see
+    /// [`crate::limits::snapshot_bound`]).
+    fn state_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An in-memory [`KvBackend`].
@@ -71,6 +78,10 @@ impl KvBackend for MemoryBackend {
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn state_bytes(&self) -> Option<u64> {
+        Some(self.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
     }
 
     fn commit(&mut self, writes: WriteSet) -> Result<(), BackendError> {

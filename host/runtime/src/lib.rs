@@ -41,6 +41,6 @@ pub use backend::{BackendError, KvBackend, MemoryBackend, Pair, WriteSet};
 pub use entry::{Entry, EntryOutcome};
 pub use error::{LoadError, PluginError, RuntimeError};
 pub use host::kv::MAX_SCAN_PAIRS;
-pub use limits::{LimitExceeded, Limits};
+pub use limits::{LimitExceeded, Limits, SNAPSHOT_FLOOR_BYTES, SNAPSHOT_STATE_FACTOR, snapshot_bound};
 pub use plugin::{InitContext, Plugin, PluginStats};
 pub use runtime::{PluginCode, Runtime, RuntimeConfig};

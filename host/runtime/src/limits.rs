@@ -57,6 +57,24 @@ pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// plugin state (snapshots are designed for tens of GiB).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 
+/// A snapshot stream may be this much larger than the plugin's kv state (encodings add
+/// framing; a plugin may export derived data)...
+pub const SNAPSHOT_STATE_FACTOR: u64 = 4;
+/// ... plus this much, whatever the state: a small state's stream is never cut short.
+pub const SNAPSHOT_FLOOR_BYTES: u64 = 64 << 20;
+
+/// The most bytes a plugin's snapshot stream may have, given its kv state (`None`: unknown): a
+/// stream longer than a small multiple of the state it exports is one that never ends, and must
+/// fail long before it fills memory or disk.
+pub fn snapshot_bound(max_snapshot_bytes: u64, state_bytes: Option<u64>) -> u64 {
+    match state_bytes {
+        Some(state) => {
+            max_snapshot_bytes.min(SNAPSHOT_FLOOR_BYTES.saturating_add(state.saturating_mul(SNAPSHOT_STATE_FACTOR)))
+        }
+        None => max_snapshot_bytes,
+    }
+}
+
 /// Bytes of a component: Python components are ~18 MiB, JavaScript ~12 MiB; components travel
 /// through the log and are kept on every node.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -124,7 +142,9 @@ pub enum LimitExceeded {
     Table { desired: usize, limit: usize },
     #[error("wasm stack overflow (max_wasm_stack is {limit} bytes)")]
     Stack { limit: usize },
-    #[error("the snapshot stream exceeds max_snapshot_bytes ({limit})")]
+    #[error(
+        "the snapshot stream passed {limit} bytes: over max_snapshot_bytes or {SNAPSHOT_FLOOR_BYTES} + {SNAPSHOT_STATE_FACTOR} x the plugin's kv state (a stream that never ends?)"
+    )]
     Snapshot { limit: u64 },
     #[error("snapshot chunk of {size} bytes is larger than the {limit} bytes asked for")]
     Chunk { size: usize, limit: usize },

@@ -11,7 +11,7 @@ use crate::error::{HostAbort, PluginError, RuntimeError};
 use crate::host::entries::{check_output, record};
 use crate::host::wasi::DeterministicWasi;
 use crate::host::{HostState, Mode};
-use crate::limits::LimitExceeded;
+use crate::limits::{LimitExceeded, snapshot_bound};
 use crate::runtime::{PluginCode, store_with};
 
 /// What `init` is told about the activation.
@@ -196,7 +196,10 @@ impl Plugin {
         if let Err(failure) = self.call(Mode::Snapshot, fuel, |sm, store| sm.call_snapshot_begin(store))? {
             return Ok(Err(failure));
         }
-        let limit = self.store.data().limits.max_snapshot_bytes;
+        let limit = snapshot_bound(
+            self.store.data().limits.max_snapshot_bytes,
+            self.store.data().backend.state_bytes(),
+        );
         let mut total: u64 = 0;
         loop {
             let chunk = match self.call(Mode::Snapshot, fuel, |sm, store| {

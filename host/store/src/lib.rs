@@ -366,6 +366,25 @@ impl View {
         Ok(self.snapshot.get_cf(self.cf(DATA), space_key(space, key))?)
     }
 
+    /// About how many bytes `space` holds now (not as of this view): its SST bytes (RocksDB's
+    /// estimate; nothing is compressed) plus every unflushed write of the data family, so never
+    /// much below the real figure.
+    pub fn approximate_space_bytes(&self, space: &str) -> Result<u64> {
+        let cf = self.cf(DATA);
+        let (start, end) = (space_key(space, b""), space_end(space));
+        let on_disk = self
+            .db
+            .get_approximate_sizes_cf(cf, &[rocksdb::Range::new(&start, &end)])
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let in_memory = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")?
+            .unwrap_or(0);
+        Ok(on_disk + in_memory)
+    }
+
     /// As [`Store::data_scan`], in this view.
     pub fn data_scan(&self, space: &str, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>> {
         let Some((from, read)) = scan_range(space, start, end, limit) else {

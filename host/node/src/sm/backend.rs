@@ -171,6 +171,10 @@ impl KvBackend for ViewBackend {
     fn commit(&mut self, _writes: WriteSet) -> Result<(), BackendError> {
         Err(BackendError("a snapshot view is read-only".into()))
     }
+
+    fn state_bytes(&self) -> Option<u64> {
+        self.view.approximate_space_bytes(&self.space).ok()
+    }
 }
 
 /// Writes into a fresh space as a snapshot install restores it, a bounded batch at a time (the

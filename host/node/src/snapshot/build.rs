@@ -102,8 +102,12 @@ pub(crate) fn build(job: BuildJob) -> io::Result<Built> {
 
 /// Writes the file and returns the uncompressed size of its body.
 pub(crate) fn write_file(mut job: BuildJob, tmp: &Path) -> io::Result<u64> {
+    let dir = tmp.parent().unwrap_or(Path::new("."));
     let mut out = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, File::create(tmp)?),
+        inner: DiskBudget {
+            inner: BufWriter::with_capacity(1 << 20, File::create(tmp)?),
+            left: free_bytes(dir)?.saturating_sub(DISK_RESERVE_BYTES),
+        },
         hasher: Sha256::new(),
     };
     out.write_all(MAGIC)?;
@@ -148,7 +152,7 @@ pub(crate) fn write_file(mut job: BuildJob, tmp: &Path) -> io::Result<u64> {
     let raw = body.bytes;
     body.inner.finish()?;
     let digest = out.hasher.finalize();
-    let mut file = out.inner.into_inner().map_err(|e| e.into_error())?;
+    let mut file = out.inner.inner.into_inner().map_err(|e| e.into_error())?;
     file.write_all(&digest)?;
     file.sync_all()?;
     Ok(raw)

@@ -21,6 +21,49 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Space a snapshot build leaves free on its disk, for the log and RocksDB.
+pub(crate) const DISK_RESERVE_BYTES: u64 = 256 << 20;
+
+/// Bytes free for this process on the file system that holds `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stat` is writable; statvfs fills it when it returns 0.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // fsblkcnt_t and c_ulong are u64 here, not on every target.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Fails a write that would take the file past `left` bytes: a snapshot must not fill the disk.
+pub(crate) struct DiskBudget<W> {
+    pub(crate) inner: W,
+    pub(crate) left: u64,
+}
+
+impl<W: Write> Write for DiskBudget<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("the snapshot would leave less than {DISK_RESERVE_BYTES} bytes free on its disk"),
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Counts the bytes that pass through (the uncompressed size of a snapshot body).
 pub(crate) struct Counted<T> {
     pub(crate) inner: T,
@@ -342,6 +385,19 @@ mod tests {
         let mut bytes = out.inner;
         bytes.extend_from_slice(&digest);
         fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_write_past_the_disk_budget_fails_as_storage_full_and_nothing_past_it_is_written() {
+        let mut out = DiskBudget {
+            inner: Vec::new(),
+            left: 10,
+        };
+        out.write_all(b"0123456").unwrap();
+        let e = out.write_all(b"7890").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(out.inner, b"0123456");
+        assert!(free_bytes(Path::new("/")).unwrap() > 0);
     }
 
     #[test]
