@@ -105,6 +105,8 @@ async fn a_learner_added_and_promoted_serves_reads() {
     let i = cluster.add_spare_node(4);
     let learner_addr = cluster.nodes[i].addr.clone();
     let endpoint = cluster.nodes[0].addr.clone();
+    // The leader checks that node 4 answers at its address.
+    cluster.nodes[i].serving().await;
 
     let out = cli_at(&endpoint, &["cluster", "add-learner", "4", &learner_addr]).await;
     assert!(out.status.success(), "add-learner: {}", stderr(&out));
@@ -174,7 +176,7 @@ async fn admin_calls_refuse_bad_input_with_the_reason_and_a_learner_can_be_remov
     .await;
     let i = cluster.add_spare_node(4);
     let learner_addr = cluster.nodes[i].addr.clone();
-    eventually("node 4 to serve", Duration::from_secs(30), || cluster.nodes[i].status()).await;
+    cluster.nodes[i].serving().await;
     refused(
         &endpoint,
         &["cluster", "add-learner", "5", &learner_addr],

@@ -519,3 +519,117 @@ async fn wait_for_last_log(node: &Node, ok: impl Fn((u64, u64)) -> bool, what: &
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A leader cut off from both followers (silent links, as behind a firewall) while writes arrive
+/// on both sides of the cut: the writes sent to the old leader, or forwarded to it, fail within
+/// their deadlines with an unknown outcome (not after the partition); the majority elects a
+/// leader and commits its writes; after the heal no minority write exists on any node, a
+/// forwarded write exists exactly when it succeeded, and every replica agrees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_with_writes_on_both_sides_commits_nothing_on_the_minority_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_with_kv(3, dir.path()).await;
+    let old = leader_seen_by(&nodes[0], |_| true).await;
+    let node = |id: u64| nodes.iter().find(|n| n.id() == id).unwrap();
+    let mut to_old = api(node(old)).await;
+    common::call(&mut to_old, "kv", &put("before", "1")).await.unwrap();
+    let follower = nodes.iter().find(|n| n.id() != old).unwrap();
+    let mut to_follower = api(follower).await;
+    let mut read_at_follower = api(follower).await;
+
+    silence(&nodes, &[old]);
+    let cut = Instant::now();
+    let minority: Vec<_> = (0..3)
+        .map(|i| {
+            let mut api = to_old.clone();
+            tokio::spawn(async move { common::call(&mut api, "kv", &put(&format!("minority{i}"), "x")).await })
+        })
+        .collect();
+    // Sent at once, before the follower notices: forwarded to the old leader.
+    let forwarded = tokio::spawn(async move { common::call(&mut to_follower, "kv", &put("forwarded", "x")).await });
+    // A linearizable read there asks the old leader first, then the new one.
+    let read = tokio::spawn(async move {
+        common::query(
+            &mut read_at_follower,
+            "kv",
+            r#"{"op":"get","key":"before"}"#,
+            Consistency::Linearizable,
+        )
+        .await
+    });
+
+    let new = leader_seen_by(follower, |leader| leader != old).await;
+    let mut to_new = api(node(new)).await;
+    for i in 0..5 {
+        common::call(&mut to_new, "kv", &put(&format!("majority{i}"), "y"))
+            .await
+            .unwrap();
+    }
+    for write in minority {
+        let e = tokio::time::timeout(Duration::from_secs(15), write)
+            .await
+            .expect("a write to the cut-off leader still waits")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("outcome is unknown"), "{e:?}");
+    }
+    // It reached the new leader (Ok), the old one (unknown outcome), or neither (unavailable).
+    let forwarded = tokio::time::timeout(Duration::from_secs(15), forwarded)
+        .await
+        .expect("a write forwarded to the cut-off leader still waits")
+        .unwrap();
+    if let Err(e) = &forwarded {
+        assert!(
+            matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable),
+            "{e:?}"
+        );
+    }
+    let read = tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("a read at a follower still waits for the cut-off leader")
+        .unwrap();
+    assert_eq!(read.unwrap(), r#"{"value":"1"}"#);
+    let failed_within = cut.elapsed();
+    assert!(
+        failed_within < Duration::from_secs(8),
+        "the cut-off writes took {failed_within:?} to fail"
+    );
+
+    heal(&nodes);
+    let last = wait_for_last_log(node(new), |_| true, "the new leader's log").await;
+    let mut digests = Vec::new();
+    for n in &nodes {
+        let status = common::eventually(
+            &format!("node {} to catch up", n.id()),
+            Duration::from_secs(20),
+            || async {
+                let status = n.inner.status();
+                (status.applied_index >= Some(last.1) && status.digest_index == status.applied_index.unwrap_or(0))
+                    .then_some(status)
+            },
+        )
+        .await;
+        let mut api = api(n).await;
+        let scan = common::query(&mut api, "kv", r#"{"op":"scan","start":""}"#, Consistency::Local)
+            .await
+            .unwrap();
+        assert!(
+            !scan.contains("minority"),
+            "node {} has a minority write: {scan}",
+            n.id()
+        );
+        assert!(scan.contains("majority4"), "node {}: {scan}", n.id());
+        assert_eq!(
+            scan.contains("forwarded"),
+            forwarded.is_ok(),
+            "node {}: {scan} after {forwarded:?}",
+            n.id()
+        );
+        digests.push((status.applied_index, status.state_digest));
+    }
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

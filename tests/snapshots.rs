@@ -55,6 +55,7 @@ async fn snapshot_on(node: &NodeProc) {
 /// Adds a fresh node as a learner without waiting for it; returns its position in the cluster.
 async fn add_learner(cluster: &mut Cluster, id: u64) -> usize {
     let at = cluster.add_spare_node(id);
+    cluster.nodes[at].serving().await;
     let addr = cluster.nodes[at].addr.clone();
     let out = cluster
         .cli(&["cluster", "add-learner", &id.to_string(), &addr, "--no-wait"])
@@ -167,6 +168,7 @@ async fn a_node_killed_in_the_middle_of_an_install_restarts_consistent() {
     let at = cluster.add_spare_node(4);
     cluster.nodes[at].kill();
     cluster.nodes[at].start_with_env(&[("WASMRAFT_FAILPOINT", "snapshot-install-staged")]);
+    cluster.nodes[at].serving().await;
     let addr = cluster.nodes[at].addr.clone();
     let out = cluster.cli(&["cluster", "add-learner", "4", &addr, "--no-wait"]).await;
     assert!(out.status.success(), "add-learner: {}", stderr(&out));

@@ -106,6 +106,14 @@ impl NodeProc {
         ApiClient::new(channel).max_decoding_message_size(64 << 20)
     }
 
+    /// Waits until the node answers (a leader checks a would-be learner does before adding it).
+    pub async fn serving(&self) {
+        eventually(&format!("node {} to answer", self.id), Duration::from_secs(30), || {
+            self.status()
+        })
+        .await;
+    }
+
     pub async fn status(&self) -> Option<pb::ClusterStatusResponse> {
         status_at(&self.addr).await
     }

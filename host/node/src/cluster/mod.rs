@@ -63,6 +63,26 @@ impl NodeInner {
         self.leader().ok_or_else(no_leader)
     }
 
+    /// How long a request to the leader (a forwarded read or write) or a leader's quorum round
+    /// may take before the leader is taken to be cut off: two election timeouts, at least 1 s
+    /// (by then the others have elected a new leader).
+    pub(crate) fn peer_deadline(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max * 2).max(Duration::from_secs(1))
+    }
+
+    /// Waits, up to `timeout`, until this node knows a leader other than `leader` or a term
+    /// after `term`.
+    pub(crate) async fn new_leader_since(&self, leader: NodeId, term: u64, timeout: Duration) {
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != leader) || m.current_term > term,
+                "a new leader",
+            )
+            .await;
+    }
+
     /// The current leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow_watched().clone();

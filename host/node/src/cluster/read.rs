@@ -9,9 +9,10 @@
 //! existed by then. That timing rests on each acknowledgement being credited to a request the
 //! follower actually saw, which `raft/ack_gate.rs` guarantees on every append stream (issue 18:
 //! without it, a reply held by a partition was credited to a request sent after the heal).
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use tonic::Status;
 
@@ -24,27 +25,39 @@ use crate::wire::log_id_to_pb;
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 
 impl NodeInner {
-    /// Waits until this node may answer a read at `consistency`.
+    /// Waits until this node may answer a read at `consistency`. On the leader, a read it cannot
+    /// confirm within [`NodeInner::peer_deadline`] fails (`UNAVAILABLE`). On a follower, a leader
+    /// that fails the read index or does not answer within that deadline is taken to be cut off:
+    /// the read waits for the next leader and asks it (reads are safe to send again), for up to
+    /// [`LEADER_WAIT`] plus two such deadlines in all.
     pub async fn read_barrier(&self, consistency: pb::Consistency) -> Result<(), Status> {
         if consistency == pb::Consistency::Local {
             return Ok(());
         }
-        let (leader, addr) = self.leader_within(LEADER_WAIT).await?;
-        if leader == self.id {
-            self.read_index_here(consistency).await?;
-            return Ok(());
-        }
-        let channel = self
-            .network
-            .channel(leader, &addr)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let resp = PeerClient::new(channel)
-            .read_index(pb::ReadIndexRequest {
-                consistency: consistency as i32,
-            })
-            .await?
-            .into_inner();
-        if let Some(read) = resp.read_log_id {
+        let deadline = Instant::now() + LEADER_WAIT + 2 * self.peer_deadline();
+        let read = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (leader, addr) = self.leader_within(left).await?;
+            let term = self.raft.metrics().borrow_watched().current_term;
+            if leader == self.id {
+                // A leader that cannot confirm it leads fails the read at once: the client may
+                // ask another node. It applied the read index by the time this returns.
+                return self.read_index_here(consistency).await.map(|_| ());
+            }
+            match self.ask_read_index(leader, &addr, consistency).await {
+                Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tracing::debug!(
+                        leader,
+                        "read barrier: {}; waiting for the next leader",
+                        status.message()
+                    );
+                    self.new_leader_since(leader, term, deadline.saturating_duration_since(Instant::now()))
+                        .await;
+                }
+                outcome => break outcome?,
+            }
+        };
+        if let Some(read) = read {
             self.raft
                 .wait(Some(APPLY_WAIT))
                 .applied_index_at_least(Some(read.index), "read index")
@@ -60,21 +73,59 @@ impl NodeInner {
         Ok(Some(log_id_to_pb(&read)))
     }
 
+    /// Asks the leader for a read index, within [`NodeInner::peer_deadline`] (`UNAVAILABLE`
+    /// past it: the leader may be cut off).
+    async fn ask_read_index(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        consistency: pb::Consistency,
+    ) -> Result<Option<pb::LogId>, Status> {
+        let channel = self
+            .network
+            .channel(leader, addr)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut client = PeerClient::new(channel);
+        let ask = client.read_index(pb::ReadIndexRequest {
+            consistency: consistency as i32,
+        });
+        let deadline = self.peer_deadline();
+        match tokio::time::timeout(deadline, ask).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().read_log_id),
+            // The connection failed or broke (the leader's own answers are never `Unknown`): a
+            // read is safe to ask again, of the next leader.
+            Ok(Err(status)) if status.code() == tonic::Code::Unknown => Err(Status::unavailable(format!(
+                "cannot reach the leader (node {leader}): {}",
+                status.message()
+            ))),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::unavailable(format!(
+                "the leader (node {leader}) did not answer a read index within {deadline:?}"
+            ))),
+        }
+    }
+
     /// On the leader: a read index for a read that arrived now, once it is safe to serve a read at
     /// `consistency` from a state that has applied it (this node has applied it when this returns).
+    /// A leader that cannot reach a quorum gives up after [`NodeInner::peer_deadline`].
     async fn read_index_here(&self, consistency: pb::Consistency) -> Result<LogId, Status> {
         let policy = match consistency {
             // The lease stands in for the round trip (bounded clock drift assumed).
             pb::Consistency::Lease => ReadPolicy::LeaseRead,
             _ => ReadPolicy::ReadIndex,
         };
-        let linearizer = self.raft.get_read_linearizer(policy).await.map_err(read_error)?;
-        let read = *linearizer.read_log_id().log_id();
-        linearizer
-            .await_ready(&self.raft)
+        let confirmed = async {
+            let linearizer = self.raft.get_read_linearizer(policy).await.map_err(read_error)?;
+            let read = *linearizer.read_log_id().log_id();
+            linearizer
+                .await_ready(&self.raft)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            Ok(read)
+        };
+        tokio::time::timeout(self.peer_deadline(), confirmed)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(read)
+            .unwrap_or_else(|_| Err(not_leading(&None)))
     }
 }
 

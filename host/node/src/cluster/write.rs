@@ -29,6 +29,17 @@ fn not_proposed(message: impl Into<String>) -> Status {
     status
 }
 
+/// The longest a forwarded write waits for the leader while leadership does not move.
+const FORWARD_CAP: Duration = Duration::from_secs(30);
+
+/// A write that may or may not take effect: it may sit in a log that commits later, or be
+/// dropped there. Sending it again may apply it twice.
+fn unknown_outcome(why: String) -> Status {
+    Status::deadline_exceeded(format!(
+        "{why}; the write's outcome is unknown (it may still take effect): check before sending it again"
+    ))
+}
+
 /// Whether `status` says its command reached no log.
 fn was_not_proposed(status: &Status) -> bool {
     status.metadata().contains_key(NOT_PROPOSED)
@@ -57,16 +68,49 @@ impl NodeInner {
         }
     }
 
-    /// Hands `command` to the leader `leader` at `addr`.
+    /// Hands `command` to the leader `leader` at `addr`. If leadership moves while the leader has
+    /// it (the leader was cut off), or the leader does not answer within [`FORWARD_CAP`], the
+    /// write may sit in its log: the outcome is unknown.
     async fn forward(&self, leader: u64, addr: &str, command: pb::Command) -> Result<(u64, pb::CommandResult), Status> {
-        let channel = self
+        let mut channel = self
             .network
             .channel(leader, addr)
             .map_err(|e| not_proposed(e.to_string()))?;
-        let resp = PeerClient::new(channel)
-            .max_encoding_message_size(usize::MAX)
-            .forward(pb::ForwardRequest { command: Some(command) })
-            .await?;
+        // Connected first: a leader that cannot be reached never saw the write.
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx))
+            .await
+            .map_err(|e| not_proposed(format!("cannot reach the leader (node {leader}): {e}")))?;
+        let term = self.raft.metrics().borrow_watched().current_term;
+        let mut client = PeerClient::new(channel).max_encoding_message_size(usize::MAX);
+        let sent = client.forward(pb::ForwardRequest { command: Some(command) });
+        tokio::pin!(sent);
+        let started = Instant::now();
+        let resp = loop {
+            tokio::select! {
+                resp = &mut sent => break resp.map_err(|status| match status.code() {
+                    // The connection broke under the request (the leader's own answers are
+                    // never `Unknown`): it may have logged the write.
+                    tonic::Code::Unknown => unknown_outcome(format!(
+                        "the connection to the leader (node {leader}) broke while it had the write: {}",
+                        status.message()
+                    )),
+                    _ => status,
+                })?,
+                _ = self.new_leader_since(leader, term, self.peer_deadline()) => {
+                    let m = self.raft.metrics().borrow_watched().clone();
+                    if m.current_leader.is_some_and(|l| l != leader) || m.current_term > term {
+                        return Err(unknown_outcome(format!(
+                            "leadership moved from node {leader} (term {term}) while it had the write"
+                        )));
+                    }
+                    if started.elapsed() > FORWARD_CAP {
+                        return Err(unknown_outcome(format!(
+                            "the leader (node {leader}) did not answer within {FORWARD_CAP:?}"
+                        )));
+                    }
+                }
+            }
+        };
         let index = resp
             .metadata()
             .get("wasmraft-index")
@@ -74,6 +118,20 @@ impl NodeInner {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         Ok((index, resp.into_inner()))
+    }
+
+    /// Whether this node leads and a quorum acknowledged it within `within` (a node that is the
+    /// only voter always has).
+    fn quorum_acked_within(&self, within: Duration) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().eq([self.id]) {
+            return true;
+        }
+        m.state == openraft::ServerState::Leader
+            && m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|at| openraft::Instant::elapsed(&**at) < within)
     }
 
     /// Proposes on this node, which must lead. The leader stamps the entry's time.
@@ -94,7 +152,23 @@ impl NodeInner {
         command.timestamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        match self.raft.client_write(command).await {
+        let write = self.raft.client_write(command);
+        tokio::pin!(write);
+        // A slow write is waited for while a quorum keeps acknowledging this leader; once none
+        // has for a peer deadline, the leader is cut off and the write may never commit.
+        let written = loop {
+            let deadline = self.peer_deadline();
+            match tokio::time::timeout(deadline, &mut write).await {
+                Ok(written) => break written,
+                Err(_) if !self.quorum_acked_within(deadline) => {
+                    return Err(unknown_outcome(format!(
+                        "no quorum acknowledged this leader within {deadline:?} (cut off?)"
+                    )));
+                }
+                Err(_) => {}
+            }
+        };
+        match written {
             Ok(resp) => Ok((resp.log_id.index, resp.data)),
             // Refused before the log: no leadership, or no quorum acknowledgement yet.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
