@@ -111,7 +111,10 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
         let (keys, read_ratio, consistency) = (args.keys.max(1), args.read_ratio, args.consistency);
         let ops = per_client.min(args.ops.saturating_sub(c * per_client));
         let done = done.clone();
+        // Each client's writes are retry-safe: one session, its sequence numbers.
+        let client_id = format!("bench-{}-{c}", client::new_client_id());
         tasks.push(tokio::spawn(async move {
+            let mut seq = 0;
             let mut rng = SplitMix(c as u64 + 1);
             let mut latencies = histogram();
             let mut errors = 0;
@@ -129,11 +132,16 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
                     api.query(req).await.is_ok()
                 } else {
                     let payload = format!(r#"{{"op":"put","key":"k{key}","value":"{value}"}}"#).into_bytes();
+                    seq += 1;
                     let req = pb::CallRequest {
                         plugin: plugin.clone(),
                         payload,
+                        session: Some(pb::Session {
+                            client: client_id.clone(),
+                            seq,
+                        }),
                     };
-                    api.call(req).await.is_ok()
+                    client::call_retrying(&mut api, req).await.is_ok()
                 };
                 latencies.saturating_record(t.elapsed().as_micros() as u64);
                 done.fetch_add(1, Ordering::Relaxed);

@@ -62,9 +62,56 @@ fn print_bytes(bytes: &[u8]) {
     }
 }
 
+/// A client id for retry-safe calls, unique to this process and thread (and time).
+pub fn new_client_id() -> String {
+    let seed = format!(
+        "{:?} {} {:?}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        std::thread::current().id()
+    );
+    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(seed)[..16])
+}
+
+/// How long a call is sent again while it fails retryably.
+const CALL_RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// Sends `req` (which should carry a session), and sends it again, with the same session, while
+/// it fails retryably: `UNAVAILABLE` (no leader; not proposed) or `DEADLINE_EXCEEDED` (outcome
+/// unknown: the session makes a repeat safe, the state machine applies it once).
+pub async fn call_retrying(
+    api: &mut ApiClient<Channel>,
+    req: pb::CallRequest,
+) -> Result<tonic::Response<pb::CallResponse>, tonic::Status> {
+    let deadline = std::time::Instant::now() + CALL_RETRY_FOR;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match api.call(req.clone()).await {
+            Err(status)
+                if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!("call failed ({}); sending it again", status.message());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 pub async fn call(endpoint: &str, plugin: String, payload: Vec<u8>) -> anyhow::Result<ExitCode> {
     let mut client = connect(endpoint).await?;
-    match client.call(pb::CallRequest { plugin, payload }).await {
+    let session = pb::Session {
+        client: new_client_id(),
+        seq: 1,
+    };
+    let req = pb::CallRequest {
+        plugin,
+        payload,
+        session: Some(session),
+    };
+    match call_retrying(&mut client, req).await {
         Ok(resp) => {
             print_bytes(&resp.into_inner().result);
             Ok(ExitCode::SUCCESS)

@@ -132,6 +132,7 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
                 let call = pb::CallRequest {
                     plugin: "kv".into(),
                     payload: payload.into_bytes(),
+                    session: None,
                 };
                 if api.call(call).await.is_ok() {
                     done += 1;
@@ -255,6 +256,7 @@ async fn load(endpoint: &str, keys: u64, value_size: usize, clients: usize) -> a
                 api.call(pb::CallRequest {
                     plugin: "kv".into(),
                     payload: payload.into_bytes(),
+                    session: None,
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("put k{key}: {}", s.message()))?;

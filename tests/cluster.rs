@@ -128,6 +128,68 @@ async fn a_learner_added_and_promoted_serves_reads() {
     call(&mut api, "kv", &put("from-node-4", "2")).await.unwrap();
 }
 
+/// Retry-safe writes: a call sent again with its session (also many times at once, so repeats
+/// meet in one apply batch) is applied once and answered with the first result on every
+/// replica; the next sequence applies; an older one, or a malformed session, is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_sent_again_with_its_session_is_applied_once_and_answered_with_its_first_result() {
+    let cluster = Cluster::started(3, "").await;
+    cluster.deploy("counter", wasmraft::plugins::COUNTER).await;
+    let mut api = cluster.nodes[0].api().await;
+    let add = |client: &str, seq: u64| pb::CallRequest {
+        plugin: "counter".into(),
+        payload: br#"{"name":"hits","by":1}"#.to_vec(),
+        session: Some(pb::Session {
+            client: client.into(),
+            seq,
+        }),
+    };
+    let result = |resp: Result<tonic::Response<pb::CallResponse>, tonic::Status>| {
+        String::from_utf8(resp.unwrap().into_inner().result).unwrap()
+    };
+    assert_eq!(result(api.call(add("alice", 1)).await), "1");
+    assert_eq!(result(api.call(add("alice", 1)).await), "1");
+    // Forty copies at once, through every node: one is applied (repeats meet in apply batches).
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+    let mut copies = Vec::new();
+    for i in 0..40 {
+        let mut api = cluster.nodes[i % 3].api().await;
+        let (req, start) = (add("alice", 2), start.clone());
+        copies.push(tokio::spawn(async move {
+            start.wait().await;
+            api.call(req).await
+        }));
+    }
+    for copy in copies {
+        assert_eq!(result(copy.await.unwrap()), "2");
+    }
+    assert_eq!(result(api.call(add("bob", 1)).await), "3");
+    let stale = api.call(add("alice", 1)).await.unwrap_err();
+    assert!(
+        stale.message().contains("older than its last applied call (2)"),
+        "{stale:?}"
+    );
+    for bad in [add("", 1), add("alice", 0), add(&"x".repeat(129), 1)] {
+        let refused = api.call(bad).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    }
+    // Without a session, a call applies every time.
+    call(&mut api, "counter", r#"{"name":"hits","by":1}"#).await.unwrap();
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+    for node in &cluster.nodes {
+        let value = query(
+            &mut node.api().await,
+            "counter",
+            r#"{"name":"hits"}"#,
+            Consistency::Local,
+        )
+        .await
+        .unwrap();
+        assert!(value.starts_with(r#"{"value":4,"#), "node {}: {value}", node.id);
+    }
+}
+
 /// Runs the CLI with `args` and checks it is refused (exit 1) with `why` on stderr.
 async fn refused(endpoint: &str, args: &[&str], why: &str) {
     let out = cli_at(endpoint, args).await;
@@ -442,6 +504,7 @@ async fn version_of_call(cluster: &Cluster, plugin: &str, payload: &str) -> Stri
         .call(pb::CallRequest {
             plugin: plugin.into(),
             payload: payload.as_bytes().to_vec(),
+            session: None,
         })
         .await
         .unwrap()
@@ -547,6 +610,7 @@ fn keep_writing(
                 .call(pb::CallRequest {
                     plugin: "kv".into(),
                     payload: put(&format!("{key}-{}", i % 20), &format!("v{i}")).into_bytes(),
+                    session: None,
                 })
                 .await
                 .unwrap_or_else(|e| panic!("write {i} by {key} failed during the upgrade: {e:?}"))

@@ -242,6 +242,7 @@ async fn no_stale_read_across_a_heal(n: u64, reader_is_old_leader: bool, consist
                         let call = api.call(pb::CallRequest {
                             plugin: "kv".into(),
                             payload: put(&format!("other{i}"), "x").into_bytes(),
+                            session: None,
                         });
                         let _ = tokio::time::timeout(Duration::from_millis(300), call).await;
                     }

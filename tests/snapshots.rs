@@ -357,3 +357,39 @@ async fn writes_are_applied_while_a_snapshot_is_being_built() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_serves(node, &[("during".into(), "build".into())]).await;
 }
+
+/// Sessions travel in snapshots: a node that joined from a snapshot (the log before it purged)
+/// and then leads still answers a repeated call with its first result instead of applying it
+/// again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_joined_from_a_snapshot_still_knows_each_sessions_last_call() {
+    let config = "[snapshot]\nlogs_since_last = 0\nkeep_logs = 0\n";
+    let mut cluster = Cluster::started(1, config).await;
+    cluster.deploy("counter", wasmraft::plugins::COUNTER).await;
+    let add = pb::CallRequest {
+        plugin: "counter".into(),
+        payload: br#"{"name":"hits","by":1}"#.to_vec(),
+        session: Some(pb::Session {
+            client: "alice".into(),
+            seq: 1,
+        }),
+    };
+    let mut api = cluster.nodes[0].api().await;
+    assert_eq!(api.call(add.clone()).await.unwrap().into_inner().result, b"1");
+    snapshot_on(&cluster.nodes[0]).await;
+
+    let at = add_learner(&mut cluster, 2).await;
+    installed(&cluster.nodes[at], Duration::from_secs(60)).await;
+    let out = cluster.cli(&["cluster", "change-membership", "1", "2"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.cli(&["cluster", "transfer-leader", "2"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = &cluster.nodes[at];
+    eventually("node 2 to lead", Duration::from_secs(20), || async {
+        (new.status().await?.leader_id == Some(2)).then_some(())
+    })
+    .await;
+    let mut api = new.api().await;
+    assert_eq!(api.call(add).await.unwrap().into_inner().result, b"1");
+    assert_same_digests(&cluster.converged().await);
+}

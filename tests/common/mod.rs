@@ -373,6 +373,7 @@ pub async fn call(api: &mut ApiClient<Channel>, plugin: &str, payload: &str) -> 
         .call(pb::CallRequest {
             plugin: plugin.into(),
             payload: payload.as_bytes().to_vec(),
+            session: None,
         })
         .await?;
     Ok(String::from_utf8_lossy(&resp.into_inner().result).into_owned())

@@ -77,6 +77,7 @@ impl pb::api_server::Api for ApiService {
             kind: Some(command::Kind::Call(pb::PluginCall {
                 plugin: req.plugin,
                 payload: req.payload.into(),
+                session: req.session,
             })),
         };
         let (index, result) = self.0.propose(command).await?;

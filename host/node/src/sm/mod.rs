@@ -12,9 +12,10 @@ mod compiler;
 mod digest;
 mod engine;
 mod registry;
+mod sessions;
 mod uploads;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,6 +33,7 @@ pub(crate) use digest::state_digest_hex;
 pub use engine::BUILTINS;
 pub(crate) use engine::{BUILTIN_PREFIX, Engine, builtin_name, missing_builtin};
 pub(crate) use registry::{ActivePlugin, Shared, component_key};
+pub(crate) use sessions::SESSIONS;
 pub(crate) use uploads::{STARTED as UPLOADS_STARTED, UNUSED as COMPONENTS_UNUSED, UPLOADS};
 
 use crate::pb::{self, command, command_result};
@@ -52,6 +54,8 @@ pub struct Machine {
     membership: StoredMembership,
     /// Chain over every command entry's (index, result).
     results_digest: [u8; 32],
+    /// Session records read or written since the last flush (`None`: none, or just forgotten).
+    sessions: HashMap<String, Option<pb::SessionRecord>>,
 }
 
 fn rejected(message: impl Into<String>) -> pb::CommandResult {
@@ -103,6 +107,7 @@ impl Machine {
             applied,
             membership,
             results_digest,
+            sessions: HashMap::new(),
         };
         sm.load_registry()?;
         sm.drop_unused_spaces()?;
@@ -187,6 +192,8 @@ impl Machine {
             let _writing = self.shared.flush_lock.write().unwrap_or_else(|p| p.into_inner());
             store.write(batch).map_err(io_err)?;
         }
+        // The store has every session record now.
+        self.sessions.clear();
         self.publish_digest(&writes_digest);
         Ok(())
     }
@@ -209,6 +216,11 @@ impl Machine {
         let mut entries = entries.into_iter().peekable();
         while let Some((entry, responder)) = entries.next() {
             let log_id = entry.log_id();
+            if log_id.index.is_multiple_of(sessions::SWEEP_EVERY)
+                && let EntryPayload::Normal(command) = &entry.payload
+            {
+                self.sweep_sessions(command.timestamp_ms)?;
+            }
             // The last entry this step covers (a call takes the following calls to its plugin).
             let mut last = log_id;
             let results: Vec<(u64, pb::CommandResult, Option<_>)> = match entry.payload {
@@ -233,8 +245,19 @@ impl Machine {
                                     rejected(format!("unknown plugin {:?}", call.plugin)),
                                     responder,
                                 )],
+                                Some(_)
+                                    if let Some(session) = &call.session
+                                        && let sessions::Seen::Answered(result) = self.seen(session)? =>
+                                {
+                                    vec![(log_id.index, result, responder)]
+                                }
                                 Some(plugin) => {
-                                    // Take every following call to the same plugin into one apply call.
+                                    // Take every following call to the same plugin into one apply
+                                    // call, up to a session sweep, a call that will not be applied
+                                    // (a repeat), or a second call of one session.
+                                    let mut sessions = vec![call.session.clone().map(|s| (s, timestamp_ms))];
+                                    let mut clients: HashSet<String> =
+                                        call.session.iter().map(|s| s.client.clone()).collect();
                                     let mut batch = vec![(
                                         PluginEntry {
                                             index: log_id.index,
@@ -250,6 +273,14 @@ impl Machine {
                                             ..
                                         }) = &next.payload
                                         && c.plugin == call.plugin
+                                        && !next.log_id().index.is_multiple_of(sessions::SWEEP_EVERY)
+                                        && match &c.session {
+                                            None => true,
+                                            Some(s) => {
+                                                !clients.contains(&s.client)
+                                                    && matches!(self.seen(s)?, sessions::Seen::New)
+                                            }
+                                        }
                                     {
                                         let Some((next, responder)) = entries.next() else { break };
                                         let next_id = next.log_id();
@@ -261,6 +292,10 @@ impl Machine {
                                             unreachable!("peeked a call")
                                         };
                                         last = next_id;
+                                        if let Some(s) = &c.session {
+                                            clients.insert(s.client.clone());
+                                        }
+                                        sessions.push(c.session.map(|s| (s, timestamp_ms)));
                                         batch.push((
                                             PluginEntry {
                                                 index: next_id.index,
@@ -271,7 +306,13 @@ impl Machine {
                                             responder,
                                         ));
                                     }
-                                    self.apply_calls(&plugin, batch)?
+                                    let results = self.apply_calls(&plugin, batch)?;
+                                    for ((_, result, _), session) in results.iter().zip(&sessions) {
+                                        if let Some((session, at)) = session {
+                                            self.remember(session, *at, result);
+                                        }
+                                    }
+                                    results
                                 }
                             }
                         }
@@ -381,6 +422,7 @@ impl Machine {
         digest: &[u8],
     ) -> io::Result<()> {
         let (results, writes) = digest::split(digest)?;
+        self.sessions.clear();
         self.applied = applied;
         self.membership = membership;
         self.results_digest = results;

@@ -201,6 +201,8 @@ pub(crate) fn install(
     batch.delete_blob_prefix(UPLOADS);
     batch.delete_blob_prefix(UPLOADS_STARTED);
     batch.delete_blob_prefix(COMPONENTS_UNUSED);
+    // The snapshot's sessions replace this node's (it may hold some the snapshot swept).
+    batch.delete_blob_prefix(SESSIONS);
     for (key, value) in &staged.blobs {
         batch.put_blob(key, value);
     }

@@ -43,8 +43,8 @@ pub(crate) use send::send;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::sm::{
-    APPLIED, ActivePlugin, BUILTIN_PREFIX, COMPONENTS_UNUSED, DIGEST, Engine, MEMBERSHIP, Machine, REGISTRY, Shared,
-    SharedPending, Staging, StagingBackend, UPLOADS, UPLOADS_STARTED, ViewBackend, component_key,
+    APPLIED, ActivePlugin, BUILTIN_PREFIX, COMPONENTS_UNUSED, DIGEST, Engine, MEMBERSHIP, Machine, REGISTRY, SESSIONS,
+    Shared, SharedPending, Staging, StagingBackend, UPLOADS, UPLOADS_STARTED, ViewBackend, component_key,
 };
 use crate::types::SnapshotMeta;
 use crate::util::{io_err, lock};

@@ -1,0 +1,113 @@
+//! Retry-safe writes. A call may carry a session (client id, sequence number): the state machine
+//! applies each (client, seq) once and keeps, per client, the last sequence applied with its
+//! result, as the blob `session/CLIENT` (so snapshots carry sessions). A call that repeats that
+//! sequence is answered with the kept result instead of being applied again; an older sequence
+//! is refused. Sessions idle for [`SESSION_TTL_MS`] of leader time are forgotten, by a sweep
+//! before each entry whose index is a multiple of [`SWEEP_EVERY`]: the same entries on every
+//! replica, whatever the batches, so every replica forgets the same sessions at the same index.
+
+use std::io;
+
+use prost::Message;
+
+use super::Machine;
+use crate::pb;
+use crate::util::{io_err, lock};
+
+/// Blob-key prefix of session records.
+pub(crate) const SESSIONS: &str = "session/";
+/// A session with no call for this long (leader time) is forgotten.
+pub(crate) const SESSION_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// Sessions are swept before the entries at multiples of this index.
+pub(crate) const SWEEP_EVERY: u64 = 4096;
+/// The longest client id.
+const MAX_CLIENT_BYTES: usize = 128;
+
+/// What a call with a session gets before it reaches its plugin.
+pub(super) enum Seen {
+    /// Not applied yet: apply it (and remember its result).
+    New,
+    /// Answered without applying it: a repeat (the kept result) or a refusal.
+    Answered(pb::CommandResult),
+}
+
+fn key(client: &str) -> String {
+    format!("{SESSIONS}{client}")
+}
+
+fn rejected(message: String) -> pb::CommandResult {
+    pb::CommandResult {
+        kind: Some(pb::command_result::Kind::Rejected(message)),
+    }
+}
+
+impl Machine {
+    /// The record of `client`: written by this process (not flushed yet, perhaps), or stored.
+    fn session(&mut self, client: &str) -> io::Result<Option<pb::SessionRecord>> {
+        if let Some(record) = self.sessions.get(client) {
+            return Ok(record.clone());
+        }
+        let stored = self.shared.store.blob_get(&key(client)).map_err(io_err)?;
+        let record = match stored {
+            Some(bytes) => Some(pb::SessionRecord::decode(bytes.as_slice()).map_err(io_err)?),
+            None => None,
+        };
+        self.sessions.insert(client.to_string(), record.clone());
+        Ok(record)
+    }
+
+    /// Whether a call with `session` is new, or answered without being applied.
+    pub(super) fn seen(&mut self, session: &pb::Session) -> io::Result<Seen> {
+        if session.client.is_empty() || session.client.len() > MAX_CLIENT_BYTES {
+            return Ok(Seen::Answered(rejected(format!(
+                "a session's client id is 1 to {MAX_CLIENT_BYTES} bytes"
+            ))));
+        }
+        if session.seq == 0 {
+            return Ok(Seen::Answered(rejected("session sequence numbers start at 1".into())));
+        }
+        Ok(match self.session(&session.client)? {
+            Some(record) if record.seq == session.seq => Seen::Answered(record.result.unwrap_or_default()),
+            Some(record) if record.seq > session.seq => Seen::Answered(rejected(format!(
+                "session {:?}: call {} is older than its last applied call ({}); its result is no longer kept",
+                session.client, session.seq, record.seq
+            ))),
+            _ => Seen::New,
+        })
+    }
+
+    /// Keeps `result` as the last call of `session`, made at leader time `now_ms`.
+    pub(super) fn remember(&mut self, session: &pb::Session, now_ms: u64, result: &pb::CommandResult) {
+        let record = pb::SessionRecord {
+            seq: session.seq,
+            result: Some(result.clone()),
+            last_ms: now_ms,
+        };
+        lock(&self.pending)
+            .batch
+            .put_blob(&key(&session.client), &record.encode_to_vec());
+        self.sessions.insert(session.client.clone(), Some(record));
+    }
+
+    /// Forgets every session idle for [`SESSION_TTL_MS`] at leader time `now_ms`.
+    pub(super) fn sweep_sessions(&mut self, now_ms: u64) -> io::Result<()> {
+        let Some(cutoff) = now_ms.checked_sub(SESSION_TTL_MS) else {
+            return Ok(());
+        };
+        // A session written since the last flush is fresh (written at about `now_ms`): the
+        // stored records are the only ones that can be idle.
+        for (blob, bytes) in self.shared.store.blob_scan_prefix(SESSIONS).map_err(io_err)? {
+            let client = &blob[SESSIONS.len()..];
+            let last_ms = match self.sessions.get(client) {
+                Some(Some(written)) => written.last_ms,
+                Some(None) => continue,
+                None => pb::SessionRecord::decode(bytes.as_slice()).map_err(io_err)?.last_ms,
+            };
+            if last_ms < cutoff {
+                lock(&self.pending).batch.delete_blob(&blob);
+                self.sessions.insert(client.to_string(), None);
+            }
+        }
+        Ok(())
+    }
+}
