@@ -190,6 +190,56 @@ async fn a_call_sent_again_with_its_session_is_applied_once_and_answered_with_it
     }
 }
 
+/// Every hostile guest deployed into one running cluster: each attack fails with an error naming
+/// its fault (the same on every replica: their result digests agree), the cluster stays
+/// available, a snapshot build with the endless exporter fails without taking a node down, and
+/// the kv plugin beside them is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_plugins_in_a_running_cluster_fail_alike_everywhere_and_harm_nothing_else() {
+    use wasmraft::plugins as p;
+    let cluster = Cluster::start_with_kv(3).await;
+    let attacks = [
+        ("loop", p::HOSTILE_LOOP, "fuel exhausted"),
+        ("memory-bomb", p::HOSTILE_MEMORY_BOMB, "max_memory_bytes"),
+        ("deep-recursion", p::HOSTILE_DEEP_RECURSION, "stack overflow"),
+        ("huge-output", p::HOSTILE_HUGE_OUTPUT, "max_output_bytes"),
+        ("huge-writes", p::HOSTILE_HUGE_WRITES, "max_write_bytes_per_entry"),
+        ("trap-mid-batch", p::HOSTILE_TRAP_MID_BATCH, "unreachable"),
+        ("panic", p::HOSTILE_PANIC, "panicked"),
+    ];
+    for (name, path, _) in &attacks {
+        cluster.deploy(name, path).await;
+    }
+    cluster.deploy("query-write", p::HOSTILE_QUERY_WRITE).await;
+    cluster.deploy("endless", p::HOSTILE_ENDLESS_SNAPSHOT).await;
+    let mut api = cluster.nodes[0].api().await;
+    call(&mut api, "kv", &put("safe", "1")).await.unwrap();
+    for (name, _, fault) in &attacks {
+        let e = call(&mut api, name, r#""attack""#).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{name}: {e:?}");
+        assert!(e.message().contains(fault), "{name}: {}", e.message());
+        call(&mut api, "kv", &put(name, "after")).await.unwrap();
+    }
+    let e = query(&mut api, "query-write", r#""attack""#, Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("read-only"), "{e:?}");
+    let out = cli_at(&cluster.nodes[1].addr, &["snapshot"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+    for node in &cluster.nodes {
+        let mut api = node.api().await;
+        for (name, _, _) in &attacks {
+            let value = query(&mut api, "kv", &get(name), Consistency::Local).await.unwrap();
+            assert_eq!(value, r#"{"value":"after"}"#, "node {}", node.id);
+        }
+        let value = query(&mut api, "kv", &get("safe"), Consistency::Local).await.unwrap();
+        assert_eq!(value, r#"{"value":"1"}"#, "node {}", node.id);
+    }
+}
+
 /// Runs the CLI with `args` and checks it is refused (exit 1) with `why` on stderr.
 async fn refused(endpoint: &str, args: &[&str], why: &str) {
     let out = cli_at(endpoint, args).await;
