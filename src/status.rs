@@ -156,3 +156,60 @@ pub async fn status(endpoint: &str, all: bool, as_json: bool) -> anyhow::Result<
         ExitCode::from(1)
     })
 }
+
+/// `cluster check`: every member's digest at the latest common checkpoint.
+pub async fn check(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let checked = match client.check_digests(pb::CheckDigestsRequest {}).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => return Ok(report(&status)),
+    };
+    let unanswered: Vec<&pb::MemberDigest> = checked.members.iter().filter(|m| !m.error.is_empty()).collect();
+    if as_json {
+        let members: Vec<Value> = checked
+            .members
+            .iter()
+            .map(|m| json!({"id": m.id, "digest": m.digest, "error": (!m.error.is_empty()).then_some(&m.error)}))
+            .collect();
+        let summary = json!({"index": checked.index, "members": members, "diverged": checked.diverged});
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        match checked.index {
+            Some(index) if checked.diverged.is_empty() => {
+                let agreed: Vec<String> = checked
+                    .members
+                    .iter()
+                    .filter(|m| m.error.is_empty())
+                    .map(|m| m.id.to_string())
+                    .collect();
+                let digest = checked
+                    .members
+                    .iter()
+                    .find(|m| m.error.is_empty())
+                    .map_or("", |m| &m.digest);
+                println!("index {index}: nodes {} agree (digest {digest})", agreed.join(", "));
+            }
+            Some(index) => {
+                for m in checked.members.iter().filter(|m| m.error.is_empty()) {
+                    let flag = if checked.diverged.contains(&m.id) {
+                        "  DIVERGED"
+                    } else {
+                        ""
+                    };
+                    println!("node {:<4} digest at index {index}: {}{flag}", m.id, m.digest);
+                }
+            }
+            None => println!("no checkpoint common to the members that answered (one is kept every 256 entries)"),
+        }
+        for m in &unanswered {
+            println!("node {:<4} not compared: {}", m.id, m.error);
+        }
+    }
+    Ok(if !checked.diverged.is_empty() {
+        ExitCode::from(1)
+    } else if checked.index.is_none() || !unanswered.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -240,6 +240,45 @@ async fn hostile_plugins_in_a_running_cluster_fail_alike_everywhere_and_harm_not
     }
 }
 
+/// `cluster check` compares every member's state digest at the latest checkpoint they all kept:
+/// on a healthy cluster they agree; a node whose plugin answers differently from its replicas
+/// (a test-only failpoint, as a nondeterministic plugin would) is named, with the index.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_check_names_the_node_whose_apply_results_differ_and_the_index() {
+    let mut cluster = Cluster::start_with_kv(3).await;
+    let mut api = cluster.nodes[0].api().await;
+    for i in 0..300 {
+        call(&mut api, "kv", &put(&format!("k{i}"), "v")).await.unwrap();
+    }
+    cluster.converged().await;
+    let out = cluster.cli(&["cluster", "check"]).await;
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("index 255: nodes 1, 2, 3 agree"),
+        "{}",
+        stdout(&out)
+    );
+
+    let node = cluster.node(3);
+    node.kill();
+    node.start_with_env(&[("WASMRAFT_FAILPOINT", "apply-result-perturbed")]);
+    node.serving().await;
+    let mut api = cluster.nodes[0].api().await;
+    for i in 0..300 {
+        call(&mut api, "kv", &put(&format!("again{i}"), "v")).await.unwrap();
+    }
+    cluster.converged().await;
+    let out = cluster.cli(&["cluster", "check", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let checked: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(checked["diverged"], serde_json::json!([3]), "{checked}");
+    assert!(checked["index"].as_u64() >= Some(511), "{checked}");
+    let table = stdout(&cluster.cli(&["cluster", "check"]).await);
+    let flagged: Vec<&str> = table.lines().filter(|l| l.contains("DIVERGED")).collect();
+    assert_eq!(flagged.len(), 1, "{table}");
+    assert!(flagged[0].starts_with("node 3 "), "{table}");
+}
+
 /// Runs the CLI with `args` and checks it is refused (exit 1) with `why` on stderr.
 async fn refused(endpoint: &str, args: &[&str], why: &str) {
     let out = cli_at(endpoint, args).await;

@@ -263,6 +263,20 @@ impl pb::api_server::Api for ApiService {
         Ok(Response::new(pb::MembershipResponse { index }))
     }
 
+    async fn checkpoints(
+        &self,
+        _req: Request<pb::CheckpointsRequest>,
+    ) -> Result<Response<pb::CheckpointsResponse>, Status> {
+        Ok(Response::new(self.0.checkpoints()))
+    }
+
+    async fn check_digests(
+        &self,
+        _req: Request<pb::CheckDigestsRequest>,
+    ) -> Result<Response<pb::CheckDigestsResponse>, Status> {
+        Ok(Response::new(self.0.check_digests().await))
+    }
+
     async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
         Ok(Response::new(self.0.snapshot_now().await?))
     }

@@ -90,6 +90,99 @@ impl NodeInner {
     }
 }
 
+impl NodeInner {
+    /// This node's checkpoints.
+    pub fn checkpoints(&self) -> pb::CheckpointsResponse {
+        pb::CheckpointsResponse {
+            node: self.id,
+            checkpoints: self
+                .shared
+                .checkpoints()
+                .into_iter()
+                .map(|(index, digest)| pb::Checkpoint { index, digest })
+                .collect(),
+        }
+    }
+
+    /// Asks every member for its checkpoints and compares the digests at the highest index the
+    /// members that answered all kept. A divergence is logged here too.
+    pub async fn check_digests(&self) -> pb::CheckDigestsResponse {
+        let own = self.status();
+        let asks = own.nodes.iter().map(|n| async move {
+            if n.id == self.id {
+                return (n.id, Ok(self.checkpoints().checkpoints));
+            }
+            let ask = async {
+                let channel = self.network.channel(n.id, &n.addr).map_err(|e| e.to_string())?;
+                let resp = ApiClient::new(channel)
+                    .checkpoints(pb::CheckpointsRequest {})
+                    .await
+                    .map_err(|e| e.message().to_string())?;
+                Ok::<_, String>(resp.into_inner().checkpoints)
+            };
+            let answer = tokio::time::timeout(MEMBER_TIMEOUT, ask)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {MEMBER_TIMEOUT:?}")));
+            (n.id, answer)
+        });
+        let answers = futures::future::join_all(asks).await;
+        let index = answers
+            .iter()
+            .filter_map(|(_, a)| a.as_ref().ok())
+            .map(|kept| kept.iter().map(|c| c.index).collect::<std::collections::BTreeSet<_>>())
+            .reduce(|all, kept| all.intersection(&kept).copied().collect())
+            .and_then(|common| common.last().copied());
+        let members: Vec<pb::MemberDigest> = answers
+            .iter()
+            .map(|(id, answer)| match (answer, index) {
+                (Err(e), _) => pb::MemberDigest {
+                    id: *id,
+                    error: e.clone(),
+                    ..Default::default()
+                },
+                (Ok(kept), Some(index)) => pb::MemberDigest {
+                    id: *id,
+                    digest: kept
+                        .iter()
+                        .find(|c| c.index == index)
+                        .map(|c| c.digest.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                },
+                (Ok(_), None) => pb::MemberDigest {
+                    id: *id,
+                    error: "no checkpoint in common with the others".into(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let diverged: Vec<u64> = match index {
+            Some(index) => diverged(
+                members
+                    .iter()
+                    .filter(|m| m.error.is_empty())
+                    .map(|m| (m.id, index, m.digest.as_str())),
+            )
+            .into_keys()
+            .collect(),
+            None => Vec::new(),
+        };
+        if let (Some(index), false) = (index, diverged.is_empty()) {
+            tracing::error!(
+                node = self.id,
+                index,
+                diverged = ?diverged,
+                "state digests diverge: these members applied the same log to a different state"
+            );
+        }
+        pb::CheckDigestsResponse {
+            index,
+            members,
+            diverged,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

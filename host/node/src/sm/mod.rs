@@ -41,6 +41,12 @@ use crate::types::{LogId, StoredMembership, TypeConfig};
 use crate::util::{io_err, lock};
 use crate::wire::{decode, log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
 
+/// The state digest is kept at the indexes before multiples of this (apply calls break there,
+/// so the digest exists on every replica whatever its batches)...
+pub(crate) const CHECKPOINT_EVERY: u64 = 256;
+/// ... for this many checkpoints.
+const CHECKPOINTS_KEPT: usize = 64;
+
 pub(crate) const APPLIED: &str = "applied";
 pub(crate) const MEMBERSHIP: &str = "membership";
 pub(crate) const REGISTRY: &str = "registry";
@@ -198,6 +204,18 @@ impl Machine {
         Ok(())
     }
 
+    /// Keeps the state digest as of `index` (every entry up to it applied, nothing after) as a
+    /// checkpoint `cluster check` compares across members.
+    fn checkpoint(&self, index: u64) {
+        let writes = lock(&self.pending).writes_digest;
+        let digest = state_digest_hex(&self.results_digest, &writes);
+        let mut checkpoints = lock(&self.shared.checkpoints);
+        if checkpoints.len() == CHECKPOINTS_KEPT {
+            checkpoints.pop_front();
+        }
+        checkpoints.push_back((index, digest));
+    }
+
     /// Shows the digest of what is now stored, with its applied index, to `cluster status`.
     fn publish_digest(&self, writes_digest: &[u8; 32]) {
         let hex = state_digest_hex(&self.results_digest, writes_digest);
@@ -216,6 +234,9 @@ impl Machine {
         let mut entries = entries.into_iter().peekable();
         while let Some((entry, responder)) = entries.next() {
             let log_id = entry.log_id();
+            if log_id.index > 0 && log_id.index.is_multiple_of(CHECKPOINT_EVERY) {
+                self.checkpoint(log_id.index - 1);
+            }
             if log_id.index.is_multiple_of(sessions::SWEEP_EVERY)
                 && let EntryPayload::Normal(command) = &entry.payload
             {
@@ -273,7 +294,7 @@ impl Machine {
                                             ..
                                         }) = &next.payload
                                         && c.plugin == call.plugin
-                                        && !next.log_id().index.is_multiple_of(sessions::SWEEP_EVERY)
+                                        && !next.log_id().index.is_multiple_of(CHECKPOINT_EVERY)
                                         && match &c.session {
                                             None => true,
                                             Some(s) => {
@@ -374,11 +395,18 @@ impl Machine {
         self.shared
             .metrics
             .count_apply(&plugin.info.name, started.elapsed(), &outcomes);
+        // Test-only: a node whose plugin answers differently from its replicas' (as a
+        // nondeterministic plugin would), which `cluster check` must catch.
+        let perturbed = std::env::var("WASMRAFT_FAILPOINT").is_ok_and(|armed| armed == "apply-result-perturbed");
         Ok(outcomes
             .into_iter()
             .zip(responders)
             .map(|(outcome, responder)| {
                 let outcome_pb = match outcome.result {
+                    Ok(mut bytes) if perturbed => {
+                        bytes.push(b'!');
+                        pb::call_result::Outcome::Ok(bytes)
+                    }
                     Ok(bytes) => pb::call_result::Outcome::Ok(bytes),
                     Err(e) => pb::call_result::Outcome::Error(e.to_string()),
                 };

@@ -128,6 +128,8 @@ pub struct Shared {
     pub(crate) flush_lock: RwLock<()>,
     /// (applied index, state digest) as of the last write.
     pub(super) digest: Mutex<(u64, String)>,
+    /// The state digest at recent checkpoint indexes (oldest first), for `cluster check`.
+    pub(super) checkpoints: Mutex<std::collections::VecDeque<(u64, String)>>,
 }
 
 impl Shared {
@@ -141,6 +143,7 @@ impl Shared {
             plugins: RwLock::new(BTreeMap::new()),
             flush_lock: RwLock::new(()),
             digest: Mutex::new(digest),
+            checkpoints: Mutex::default(),
         }
     }
 
@@ -164,6 +167,11 @@ impl Shared {
     /// The applied index and the digest (hex) of every result and write up to it.
     pub fn state_digest(&self) -> (u64, String) {
         lock(&self.digest).clone()
+    }
+
+    /// The state digest at each recent checkpoint index this node applied, oldest first.
+    pub fn checkpoints(&self) -> Vec<(u64, String)> {
+        lock(&self.checkpoints).iter().cloned().collect()
     }
 
     /// Answers a query under the flush lock, so it sees whole apply calls only.

@@ -20,6 +20,9 @@ pub(crate) const SESSIONS: &str = "session/";
 pub(crate) const SESSION_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// Sessions are swept before the entries at multiples of this index.
 pub(crate) const SWEEP_EVERY: u64 = 4096;
+// Apply calls break at checkpoints, so at sweeps too.
+const _: () = assert!(SWEEP_EVERY.is_multiple_of(super::CHECKPOINT_EVERY));
+
 /// The longest client id.
 const MAX_CLIENT_BYTES: usize = 128;
 
