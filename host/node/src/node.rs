@@ -42,6 +42,11 @@ pub struct NodeConfig {
     /// The voters (id -> address) an `Init` naming none uses; empty: this node alone.
     pub initial_members: BTreeMap<NodeId, String>,
     pub snapshot: SnapshotConfig,
+    /// Test-only: linearizable and lease reads skip the read barrier and answer from this node's
+    /// state, so a test can show the linearizability checker catches a stale read. Never set in
+    /// a config file.
+    #[doc(hidden)]
+    pub test_read_skips_read_index: bool,
 }
 
 /// Raft's timers. In a node's config file, `[raft]` sets any of them.
@@ -75,6 +80,7 @@ impl NodeConfig {
             compile_cache_dir: None,
             metrics_listen: None,
             initial_members: BTreeMap::new(),
+            test_read_skips_read_index: false,
             snapshot: SnapshotConfig::default(),
         }
     }
@@ -155,6 +161,7 @@ impl Node {
             snapshot: config.snapshot.clone(),
             receiving: Arc::default(),
             initial_members: config.initial_members.clone(),
+            test_read_skips_read_index: config.test_read_skips_read_index,
         });
         let metrics = match config.metrics_listen {
             Some(addr) => {

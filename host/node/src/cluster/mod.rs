@@ -43,6 +43,8 @@ pub struct NodeInner {
     pub(crate) receiving: Arc<tokio::sync::Mutex<()>>,
     /// The voters `cluster init` uses when it names none (from the node's config file).
     pub(crate) initial_members: BTreeMap<NodeId, String>,
+    /// Test-only: reads skip the read barrier (see `NodeConfig`).
+    pub(crate) test_read_skips_read_index: bool,
 }
 
 pub(crate) fn no_leader() -> Status {
