@@ -68,7 +68,8 @@ async fn add_learner(cluster: &mut Cluster, id: u64) -> usize {
 async fn installed(node: &NodeProc, timeout: Duration) -> pb::SnapshotStatus {
     eventually(&format!("node {} to install a snapshot", node.id), timeout, || async {
         let status = node.status().await?.snapshot?;
-        (status.installed >= 1).then_some(status)
+        // Counted before openraft reports the snapshot it now holds: wait for both.
+        (status.installed >= 1 && status.last_log_id.is_some()).then_some(status)
     })
     .await
 }

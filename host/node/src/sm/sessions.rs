@@ -114,3 +114,54 @@ impl Machine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wasmraft_runtime::{Runtime, RuntimeConfig};
+    use wasmraft_store::Store;
+
+    use super::*;
+
+    fn machine(dir: &std::path::Path) -> Machine {
+        let store = Store::open(dir.join("db")).unwrap();
+        Machine::open(1, store, Runtime::new(RuntimeConfig::default()).unwrap()).unwrap()
+    }
+
+    fn session(client: &str, seq: u64) -> pb::Session {
+        pb::Session {
+            client: client.into(),
+            seq,
+        }
+    }
+
+    fn known(sm: &mut Machine, s: &pb::Session) -> bool {
+        matches!(sm.seen(s).unwrap(), Seen::Answered(_))
+    }
+
+    #[test]
+    fn the_sweep_forgets_sessions_idle_past_their_ttl_and_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let ok = pb::CommandResult {
+            kind: Some(pb::command_result::Kind::Ack(pb::Ack {})),
+        };
+        let (old, fresh) = (session("old", 3), session("fresh", 1));
+        sm.remember(&old, 1_000, &ok);
+        sm.remember(&fresh, 1_000 + SESSION_TTL_MS, &ok);
+        sm.flush(false).unwrap();
+        assert!(known(&mut sm, &old) && known(&mut sm, &fresh));
+
+        sm.sweep_sessions(1_001 + SESSION_TTL_MS).unwrap();
+        assert!(!known(&mut sm, &old), "forgotten before the flush already");
+        sm.flush(false).unwrap();
+        assert!(!known(&mut sm, &old), "and in the store");
+        assert!(known(&mut sm, &fresh));
+
+        // A session used since the last flush is judged by that use, not by its stored record.
+        sm.remember(&session("fresh", 2), 10 * SESSION_TTL_MS, &ok);
+        sm.sweep_sessions(10 * SESSION_TTL_MS + 1).unwrap();
+        sm.flush(false).unwrap();
+        assert!(known(&mut sm, &session("fresh", 2)));
+        assert!(known(&mut sm, &fresh), "an older sequence is refused, not applied");
+    }
+}
