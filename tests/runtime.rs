@@ -489,6 +489,7 @@ fn every_bundled_plugin_loads_and_is_exercised_by_a_test() {
         include_str!("plugin_test_cli.rs"),
         include_str!("polyglot.rs"),
         include_str!("cluster.rs"),
+        include_str!("linearizability.rs"),
     ]
     .concat();
     for (name, path) in plugins::ALL {
