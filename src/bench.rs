@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use wasmraft_node::pb;
 
 use crate::client;
+use wasmraft::workload::SplitMix;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -82,18 +83,6 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// A small deterministic generator (no dependency, same workload every run).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
     let value = "x".repeat(args.value_size);
     let per_client = args.ops.div_ceil(args.clients.max(1));

@@ -3,31 +3,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use common::in_process::{heal, silence};
+
 use std::time::{Duration, Instant};
 
 use wasmraft_node::pb::{self, Consistency, api_client::ApiClient};
-use wasmraft_node::{LinkFault, Node, NodeConfig, RaftConfig};
+use wasmraft_node::{LinkFault, Node};
 
 async fn start(n: u64, dir: &std::path::Path) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for id in 1..=n {
-        let mut config = NodeConfig::new(
-            id,
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir.join(format!("node-{id}")),
-        );
-        config.raft = RaftConfig {
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
-        };
-        nodes.push(Node::start(config).await.unwrap());
-    }
-    let members: BTreeMap<u64, String> = nodes.iter().map(|n| (n.id(), n.addr().to_string())).collect();
-    nodes[0].inner.initialize(members).await.unwrap();
-    nodes
+    common::in_process::start(n, dir, |_| {}).await
 }
 
 /// The leader as `node` sees it, once it sees one that satisfies `ok`.
@@ -110,27 +94,6 @@ async fn a_partitioned_leader_is_replaced_and_the_cluster_heals() {
     commits(leader).await;
     for node in nodes {
         node.shutdown().await.unwrap();
-    }
-}
-
-/// Silences every link between `isolated` and the rest, both ways: connections stay open and
-/// hold their bytes, as behind a firewall that drops packets.
-fn silence(nodes: &[Node], isolated: &[u64]) {
-    let silent = LinkFault {
-        silent: true,
-        ..LinkFault::default()
-    };
-    for node in nodes {
-        let inside = isolated.contains(&node.id());
-        for peer in nodes.iter().filter(|p| isolated.contains(&p.id()) != inside) {
-            node.faults().set(peer.id(), silent);
-        }
-    }
-}
-
-fn heal(nodes: &[Node]) {
-    for node in nodes {
-        node.faults().heal_all();
     }
 }
 

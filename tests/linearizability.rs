@@ -12,15 +12,17 @@
 
 mod common;
 
+use common::in_process::{heal, silence};
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use porcupine_rs::{CheckResult, Model, Operation};
 use serde_json::Value;
+use wasmraft::workload::SplitMix;
+use wasmraft_node::Node;
 use wasmraft_node::pb::{self, Consistency, api_client::ApiClient};
-use wasmraft_node::{LinkFault, Node, NodeConfig, RaftConfig};
 
 /// What one operation did to one key, as its client saw it.
 #[derive(Clone, Debug)]
@@ -107,23 +109,10 @@ impl History {
 }
 
 async fn start(dir: &std::path::Path, failpoint_node: Option<u64>) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        let mut config = NodeConfig::new(
-            id,
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir.join(format!("node-{id}")),
-        );
-        config.raft = RaftConfig {
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
-        };
-        config.test_read_skips_read_index = failpoint_node == Some(id);
-        nodes.push(Node::start(config).await.unwrap());
-    }
-    let members: BTreeMap<u64, String> = nodes.iter().map(|n| (n.id(), n.addr().to_string())).collect();
-    nodes[0].inner.initialize(members).await.unwrap();
+    let nodes = common::in_process::start(3, dir, |config| {
+        config.test_read_skips_read_index = failpoint_node == Some(config.id);
+    })
+    .await;
     let addr = loop {
         if let Some(leader) = nodes[0].current_leader() {
             break nodes[leader as usize - 1].addr().to_string();
@@ -133,40 +122,6 @@ async fn start(dir: &std::path::Path, failpoint_node: Option<u64>) -> Vec<Node> 
     let out = common::cli_at(&addr, &["deploy", "kv", wasmraft::plugins::KV]).await;
     assert!(out.status.success(), "deploy: {}", common::stderr(&out));
     nodes
-}
-
-/// Cuts `isolated` off from the others, both ways, silently.
-fn silence(nodes: &[Node], isolated: u64) {
-    let silent = LinkFault {
-        silent: true,
-        ..LinkFault::default()
-    };
-    for node in nodes {
-        for peer in nodes {
-            if (node.id() == isolated) != (peer.id() == isolated) {
-                node.faults().set(peer.id(), silent);
-            }
-        }
-    }
-}
-
-fn heal(nodes: &[Node]) {
-    for node in nodes {
-        node.faults().heal_all();
-    }
-}
-
-/// A small deterministic generator (each client its own seed).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
 }
 
 fn field(reply: &str, name: &str) -> Option<Value> {
@@ -183,7 +138,7 @@ async fn client(id: u32, addrs: Vec<String>, keys: u64, ops: usize, history: His
     for addr in &addrs {
         apis.push(ApiClient::connect(addr.clone()).await.unwrap());
     }
-    let mut rng = Rng(u64::from(id) + 1);
+    let mut rng = SplitMix(u64::from(id) + 1);
     for n in 0..ops {
         let key = format!("k{}", rng.below(keys));
         let api = &mut apis[rng.below(addrs.len() as u64) as usize];
@@ -309,14 +264,14 @@ async fn schedule(seed: u64) -> Result<Run, String> {
         let cuts = &mut cuts;
         let nodes = &nodes;
         async move {
-            let mut rng = Rng(seed);
+            let mut rng = SplitMix(seed);
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
                 let victim = match (rng.below(4), nodes[0].current_leader()) {
                     (0, _) | (_, None) => rng.below(3) + 1,
                     (_, Some(leader)) => leader,
                 };
-                silence(nodes, victim);
+                silence(nodes, &[victim]);
                 *cuts += 1;
                 tokio::time::sleep(Duration::from_millis(800 + rng.below(1200))).await;
                 heal(nodes);
@@ -405,7 +360,7 @@ async fn the_checker_catches_a_node_that_reads_without_a_read_index() {
         (nodes[0].inner.status().applied_index >= Some(reply.index)).then_some(())
     })
     .await;
-    silence(&nodes, 1);
+    silence(&nodes, &[1]);
     let written = common::eventually("the others to write", Duration::from_secs(20), || {
         let mut api = api[1].clone();
         let history = history.clone();
@@ -493,7 +448,7 @@ async fn a_banks_total_never_changes_on_any_node_under_cuts_and_heals() {
                 for addr in &addrs {
                     apis.push(ApiClient::connect(addr.clone()).await.unwrap());
                 }
-                let mut rng = Rng(c + 1);
+                let mut rng = SplitMix(c + 1);
                 for _ in 0..250 {
                     let (from, to) = (rng.below(5), rng.below(5));
                     let transfer = format!(
@@ -524,11 +479,11 @@ async fn a_banks_total_never_changes_on_any_node_under_cuts_and_heals() {
         })
         .collect();
     let nemesis = async {
-        let mut rng = Rng(7);
+        let mut rng = SplitMix(7);
         let mut cuts = 0;
         while !done.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(300 + rng.below(500))).await;
-            silence(&nodes, nodes[0].current_leader().unwrap_or(1));
+            silence(&nodes, &[nodes[0].current_leader().unwrap_or(1)]);
             cuts += 1;
             tokio::time::sleep(Duration::from_millis(800 + rng.below(800))).await;
             heal(&nodes);
