@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,7 +38,8 @@ pub(crate) fn serve_http(
             let conn = tokio::select! {
                 _ = &mut stop => return,
                 _ = ticker.tick() => {
-                    let applied = node.status().applied_index.unwrap_or(0);
+                    // From openraft's metrics: the full status would list the snapshot directory.
+                    let applied = node.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index);
                     node.shared.metrics.activity.sample(applied);
                     continue;
                 }

@@ -49,12 +49,13 @@ impl NodeInner {
     /// Asks every member (this node included, directly) for its status and plugins, in parallel.
     pub async fn members(&self) -> Vec<Member> {
         let own = self.status();
+        let own = &own;
         let asks = own.nodes.iter().map(|n| async move {
             if n.id == self.id {
                 return Member {
                     id: n.id,
                     addr: n.addr.clone(),
-                    status: Ok(self.status()),
+                    status: Ok(own.clone()),
                     plugins: self.list_plugins().plugins,
                 };
             }
@@ -108,6 +109,7 @@ impl NodeInner {
     /// members that answered all kept. A divergence is logged here too.
     pub async fn check_digests(&self) -> pb::CheckDigestsResponse {
         let own = self.status();
+        let own = &own;
         let asks = own.nodes.iter().map(|n| async move {
             if n.id == self.id {
                 return (n.id, Ok(self.checkpoints().checkpoints));
