@@ -45,8 +45,12 @@ setup_system_packages() {
     command -v c++ >/dev/null || missing+=(g++)
     # The status page's test loads it in a real headless browser.
     command -v chromium >/dev/null || missing+=(chromium)
+    # `wasmraft chaos` partitions nodes with nftables inside a network namespace of its own.
+    command -v nft >/dev/null || missing+=(nftables)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v unshare >/dev/null || missing+=(util-linux)
     [ ${#missing[@]} -eq 0 ] && return
-    step "installing ${missing[*]} (RocksDB's build; chromium for the status page's test)"
+    step "installing ${missing[*]} (RocksDB's build; chromium for the status page's test; nftables for chaos)"
     local sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
     "${sudo[@]}" apt-get update -qq

@@ -144,6 +144,9 @@ pub struct NodeFile {
     pub compile_cache_dir: Option<PathBuf>,
     /// Where `/metrics` is served over HTTP (e.g. "127.0.0.1:7101"); default: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The address connections to peers come from (one of this host's, e.g. "127.0.1.2");
+    /// default: the OS picks. Firewall rules between nodes on one host tell them apart by it.
+    pub peer_source: Option<std::net::IpAddr>,
     /// The initial voters other than this node, id -> address; `wasmraft cluster init` uses them.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -167,6 +170,10 @@ pub fn read_node_file(path: &Path) -> anyhow::Result<(NodeConfig, BTreeMap<u64, 
     config.raft = file.raft;
     config.limits = file.limits;
     config.snapshot = file.snapshot;
+    config.peer_source = file.peer_source;
+    // Test-only: lets `wasmraft chaos --failpoint read-skips-read-index` show its checker fails.
+    config.test_read_skips_read_index =
+        std::env::var("WASMRAFT_FAILPOINT").is_ok_and(|armed| armed == "read-skips-read-index");
     if config.snapshot.keep_files == 0 || config.snapshot.chunk_bytes == 0 {
         anyhow::bail!(
             "{}: [snapshot] keep_files and chunk_bytes must be at least 1",

@@ -5,6 +5,8 @@ pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 }
 
+pub mod linearizability;
+
 /// Test and bench data.
 pub mod workload {
     /// A small deterministic generator (SplitMix64): the same sequence for a seed on every run.

@@ -1,6 +1,7 @@
 //! `wasmraft`: the command-line tool.
 
 mod bench;
+mod chaos;
 mod client;
 mod deploy;
 mod dev;
@@ -138,6 +139,9 @@ enum Command {
     },
     /// Load a running cluster and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run seeded fault schedules against node processes (kills, pauses, partitions, membership
+    /// changes, snapshots, deploys) and check every history for linearizability.
+    Chaos(chaos::ChaosArgs),
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -270,6 +274,8 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin { command } => plugin_command(command),
+        // Before any runtime: it may run itself again in a network namespace of its own.
+        Command::Chaos(args) => chaos::main(args),
         command => tokio_runtime()?.block_on(cluster_command(command)),
     }
 }
@@ -342,6 +348,7 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Snapshot { endpoint } => client::snapshot(&endpoint.endpoint).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Plugin { command } => plugin_command(command),
+        Command::Chaos(args) => chaos::main(args),
     }
 }
 

@@ -14,99 +14,16 @@ mod common;
 
 use common::in_process::{heal, silence};
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use porcupine_rs::{CheckResult, Model, Operation};
-use serde_json::Value;
+use wasmraft::linearizability::{Client, History, Op, reply_text};
 use wasmraft::workload::SplitMix;
 use wasmraft_node::Node;
 use wasmraft_node::pb::{self, Consistency, api_client::ApiClient};
 
-/// What one operation did to one key, as its client saw it.
-#[derive(Clone, Debug)]
-enum Op {
-    /// `previous`: what the put replaced; `None` when the outcome is unknown.
-    Put {
-        value: String,
-        previous: Option<Option<String>>,
-    },
-    Get {
-        value: Option<String>,
-    },
-    /// `swapped`: `None` when the outcome is unknown.
-    Cas {
-        expected: Option<String>,
-        value: String,
-        swapped: Option<bool>,
-    },
-}
-
-/// One register per key.
-#[derive(Clone, Debug)]
-struct Registers;
-
-impl Model for Registers {
-    type State = Option<String>;
-    type Op = (String, Op);
-    type Metadata = ();
-
-    fn partition_operations(history: &[Operation<Self>]) -> Vec<Vec<Operation<Self>>> {
-        let mut by_key: BTreeMap<String, Vec<Operation<Self>>> = BTreeMap::new();
-        for op in history {
-            by_key.entry(op.op.0.clone()).or_default().push(op.clone());
-        }
-        by_key.into_values().collect()
-    }
-
-    fn init() -> Self::State {
-        None
-    }
-
-    fn step(state: &Self::State, (_, op): &Self::Op) -> (bool, Self::State) {
-        match op {
-            Op::Put { value, previous } => (
-                previous.as_ref().is_none_or(|previous| previous == state),
-                Some(value.clone()),
-            ),
-            Op::Get { value } => (value == state, state.clone()),
-            Op::Cas {
-                expected,
-                value,
-                swapped,
-            } => {
-                let swaps = expected == state;
-                let ok = swapped.is_none_or(|swapped| swapped == swaps);
-                (ok, if swaps { Some(value.clone()) } else { state.clone() })
-            }
-        }
-    }
-}
-
-/// A history being recorded by many clients.
-#[derive(Clone)]
-struct History {
-    start: Instant,
-    ops: Arc<Mutex<Vec<Operation<Registers>>>>,
-}
-
-impl History {
-    fn now(&self) -> i64 {
-        self.start.elapsed().as_nanos() as i64
-    }
-
-    fn record(&self, client: u32, call: i64, ret: Option<i64>, key: &str, op: Op) {
-        self.ops.lock().unwrap().push(Operation {
-            client_id: Some(client),
-            call_time: call,
-            // Unknown outcome: open to the end of the history.
-            return_time: ret.unwrap_or(i64::MAX),
-            op: (key.to_string(), op),
-            metadata: None,
-        });
-    }
-}
+/// How long the checker may take per key.
+const CHECK_LIMIT: Duration = Duration::from_secs(60);
 
 async fn start(dir: &std::path::Path, failpoint_node: Option<u64>) -> Vec<Node> {
     let nodes = common::in_process::start(3, dir, |config| {
@@ -124,117 +41,6 @@ async fn start(dir: &std::path::Path, failpoint_node: Option<u64>) -> Vec<Node> 
     nodes
 }
 
-fn field(reply: &str, name: &str) -> Option<Value> {
-    serde_json::from_str::<Value>(reply).ok()?.get(name).cloned()
-}
-
-fn text(value: Option<Value>) -> Option<String> {
-    value.and_then(|v| v.as_str().map(str::to_string))
-}
-
-/// One client: `ops` random operations on `keys`, each through a random node.
-async fn client(id: u32, addrs: Vec<String>, keys: u64, ops: usize, history: History) {
-    let mut apis = Vec::new();
-    for addr in &addrs {
-        apis.push(ApiClient::connect(addr.clone()).await.unwrap());
-    }
-    let mut rng = SplitMix(u64::from(id) + 1);
-    for n in 0..ops {
-        let key = format!("k{}", rng.below(keys));
-        let api = &mut apis[rng.below(addrs.len() as u64) as usize];
-        let value = format!("c{id}-{n}");
-        let call = history.now();
-        let op = rng.below(10);
-        let limit = Duration::from_secs(6);
-        if op < 4 {
-            let req = pb::QueryRequest {
-                plugin: "kv".into(),
-                request: format!(r#"{{"op":"get","key":"{key}"}}"#).into_bytes(),
-                consistency: Consistency::Linearizable as i32,
-            };
-            if let Ok(Ok(reply)) = tokio::time::timeout(limit, api.query(req)).await {
-                let reply = String::from_utf8_lossy(&reply.into_inner().result).into_owned();
-                let value = text(field(&reply, "value"));
-                history.record(id, call, Some(history.now()), &key, Op::Get { value });
-            }
-            continue;
-        }
-        let (payload, cas) = if op < 8 {
-            (format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#), None)
-        } else {
-            // Swap from the value another client may have written, or from absent.
-            let expected = match rng.below(3) {
-                0 => None,
-                _ => Some(format!("c{}-{}", rng.below(5), n.saturating_sub(rng.below(4) as usize))),
-            };
-            let json = expected.as_ref().map_or("null".to_string(), |e| format!("\"{e}\""));
-            (
-                format!(r#"{{"op":"cas","key":"{key}","expected":{json},"value":"{value}"}}"#),
-                Some(expected),
-            )
-        };
-        let req = pb::CallRequest {
-            plugin: "kv".into(),
-            payload: payload.into_bytes(),
-            session: None,
-        };
-        let reply = match tokio::time::timeout(limit, api.call(req)).await {
-            Ok(Ok(reply)) => Some(String::from_utf8_lossy(&reply.into_inner().result).into_owned()),
-            // Known not to have reached a log: it did nothing.
-            Ok(Err(status)) if status.metadata().contains_key("wasmraft-not-proposed") => continue,
-            _ => None,
-        };
-        let ret = reply.as_ref().map(|_| history.now());
-        let op = match cas {
-            None => Op::Put {
-                value,
-                previous: reply.map(|r| text(field(&r, "previous"))),
-            },
-            Some(expected) => Op::Cas {
-                expected,
-                value,
-                swapped: reply.and_then(|r| field(&r, "swapped")?.as_bool()),
-            },
-        };
-        history.record(id, call, ret, &key, op);
-    }
-}
-
-/// Checks `history` key by key; on a violation, the key's operations in call order.
-fn check(history: &History) -> Result<usize, String> {
-    let ops = history.ops.lock().unwrap().clone();
-    let mut by_key: BTreeMap<String, Vec<Operation<Registers>>> = BTreeMap::new();
-    for op in &ops {
-        by_key.entry(op.op.0.clone()).or_default().push(op.clone());
-    }
-    for (key, mut ops) in by_key {
-        match porcupine_rs::check_operations_timeout(&ops, Duration::from_secs(60)) {
-            CheckResult::Ok => {}
-            verdict => {
-                ops.sort_by_key(|o| o.call_time);
-                let lines: Vec<String> = ops
-                    .iter()
-                    .map(|o| {
-                        let ret = if o.return_time == i64::MAX {
-                            "unknown".to_string()
-                        } else {
-                            format!("{:.3}s", o.return_time as f64 / 1e9)
-                        };
-                        format!(
-                            "  client {:?} {:.3}s..{ret}: {:?}",
-                            o.client_id,
-                            o.call_time as f64 / 1e9,
-                            o.op.1
-                        )
-                    })
-                    .collect();
-                return Err(format!("key {key}: {verdict:?}\n{}", lines.join("\n")));
-            }
-        }
-    }
-    Ok(ops.len())
-}
-
 /// What one schedule did.
 struct Run {
     checked: usize,
@@ -250,12 +56,21 @@ async fn schedule(seed: u64) -> Result<Run, String> {
     let dir = tempfile::tempdir().unwrap();
     let nodes = start(dir.path(), None).await;
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
-    let history = History {
-        start: Instant::now(),
-        ops: Arc::default(),
-    };
+    let history = History::new();
+    let keys: Vec<String> = (0..3).map(|k| format!("k{k}")).collect();
     let clients: Vec<_> = (0..6)
-        .map(|id| tokio::spawn(client(id + 100 * seed as u32, addrs.clone(), 3, 100, history.clone())))
+        .map(|id| {
+            let client = Client {
+                id: id + 100 * seed as u32,
+                addrs: addrs.clone(),
+                keys: keys.clone(),
+                seed: seed * 1000 + u64::from(id),
+                ops: 100,
+                until: None,
+                timeout: Duration::from_secs(6),
+            };
+            tokio::spawn(client.run(history.clone()))
+        })
         .collect();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut cuts = 0;
@@ -280,7 +95,7 @@ async fn schedule(seed: u64) -> Result<Run, String> {
     };
     let workload = async {
         for c in clients {
-            c.await.unwrap();
+            c.await.unwrap().unwrap();
         }
         done.store(true, std::sync::atomic::Ordering::SeqCst);
     };
@@ -289,15 +104,12 @@ async fn schedule(seed: u64) -> Result<Run, String> {
     for node in nodes {
         node.shutdown().await.unwrap();
     }
-    let checked = check(&history)?;
-    let unknown = history
-        .ops
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|o| o.return_time == i64::MAX)
-        .count();
-    Ok(Run { checked, unknown, cuts })
+    let checked = history.check(CHECK_LIMIT)?;
+    Ok(Run {
+        checked,
+        unknown: history.unknown(),
+        cuts,
+    })
 }
 
 /// The short form of the chaos runs: 20 seeded schedules, every history checked.
@@ -329,10 +141,7 @@ async fn histories_under_cuts_and_heals_are_linearizable_for_20_seeded_schedules
 async fn the_checker_catches_a_node_that_reads_without_a_read_index() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = start(dir.path(), Some(1)).await;
-    let history = History {
-        start: Instant::now(),
-        ops: Arc::default(),
-    };
+    let history = History::new();
     let mut api: Vec<ApiClient<_>> = Vec::new();
     for node in &nodes {
         api.push(ApiClient::connect(node.addr().to_string()).await.unwrap());
@@ -344,7 +153,7 @@ async fn the_checker_catches_a_node_that_reads_without_a_read_index() {
     };
     let call = history.now();
     let reply = api[0].call(put("old")).await.unwrap().into_inner();
-    let previous = text(field(&String::from_utf8_lossy(&reply.result), "previous"));
+    let previous = reply_text(&reply.result, "previous");
     history.record(
         0,
         call,
@@ -367,7 +176,7 @@ async fn the_checker_catches_a_node_that_reads_without_a_read_index() {
         async move {
             let call = history.now();
             let reply = api.call(put("new")).await.ok()?.into_inner().result;
-            let previous = text(field(&String::from_utf8_lossy(&reply), "previous"));
+            let previous = reply_text(&reply, "previous");
             Some((call, history.now(), previous))
         }
     })
@@ -393,7 +202,7 @@ async fn the_checker_catches_a_node_that_reads_without_a_read_index() {
         .expect("the failpoint answers without a quorum")
         .into_inner()
         .result;
-    let value = text(field(&String::from_utf8_lossy(&reply), "value"));
+    let value = reply_text(&reply, "value");
     assert_eq!(
         value.as_deref(),
         Some("old"),
@@ -401,7 +210,9 @@ async fn the_checker_catches_a_node_that_reads_without_a_read_index() {
     );
     history.record(0, call, Some(history.now()), "k", Op::Get { value });
     heal(&nodes);
-    let violation = check(&history).expect_err("the checker accepted a stale read");
+    let violation = history
+        .check(CHECK_LIMIT)
+        .expect_err("the checker accepted a stale read");
     assert!(violation.contains("key k: Illegal"), "{violation}");
     println!("caught, as it must be:\n{violation}");
     for node in nodes {

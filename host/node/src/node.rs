@@ -3,7 +3,7 @@
 //! in the modules it assembles (`cluster` for the services' operations, `api` for the handlers).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// The voters (id -> address) an `Init` naming none uses; empty: this node alone.
     pub initial_members: BTreeMap<NodeId, String>,
     pub snapshot: SnapshotConfig,
+    /// The address this node's connections to its peers come from (one of this host's); none:
+    /// the OS picks. Firewall rules between nodes that share a host tell them apart by it.
+    pub peer_source: Option<IpAddr>,
     /// Test-only: linearizable and lease reads skip the read barrier and answer from this node's
     /// state, so a test can show the linearizability checker catches a stale read. Never set in
     /// a config file.
@@ -82,6 +85,7 @@ impl NodeConfig {
             initial_members: BTreeMap::new(),
             test_read_skips_read_index: false,
             snapshot: SnapshotConfig::default(),
+            peer_source: None,
         }
     }
 }
@@ -139,6 +143,7 @@ impl Node {
         let network = Network::new(
             config.id,
             faults.clone(),
+            config.peer_source,
             snapshots.clone(),
             Duration::from_millis(config.raft.election_timeout_max_ms),
         );

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::Uri;
 
 use crate::types::NodeId;
@@ -132,11 +133,13 @@ impl Faults {
         self.shaping(addr).is_some_and(|f| f.silent)
     }
 
-    /// A tonic connector whose connections go through this fault layer.
-    pub(crate) fn connector(&self, addr: &str) -> Connector {
+    /// A tonic connector whose connections go through this fault layer, from `source` when
+    /// given (else the address the OS picks).
+    pub(crate) fn connector(&self, addr: &str, source: Option<IpAddr>) -> Connector {
         Connector {
             faults: self.clone(),
             addr: addr.into(),
+            source,
         }
     }
 }
@@ -146,6 +149,7 @@ impl Faults {
 pub(crate) struct Connector {
     faults: Faults,
     addr: Arc<str>,
+    source: Option<IpAddr>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -160,6 +164,7 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let faults = self.faults.clone();
         let addr = self.addr.clone();
+        let source = self.source;
         Box::pin(async move {
             // A silent link swallows the SYN: wait (the endpoint's connect timeout bounds it).
             std::future::poll_fn(|cx| match faults.silent(&addr) {
@@ -171,7 +176,7 @@ impl tower_service::Service<Uri> for Connector {
                 .host()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
             let port = uri.port_u16().unwrap_or(80);
-            let stream = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
+            let stream = dial(host.trim_start_matches('[').trim_end_matches(']'), port, source).await?;
             stream.set_nodelay(true)?;
             Ok(TokioIo::new(FaultyStream {
                 io: stream,
@@ -182,6 +187,34 @@ impl tower_service::Service<Uri> for Connector {
             }))
         })
     }
+}
+
+/// Connects to `host:port`, from `source` when given.
+async fn dial(host: &str, port: u16, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host((host, port)).await? {
+        if target.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{host}:{port} has no address of the peer source address {source}'s family"),
+        )
+    }))
 }
 
 /// Bytes a silent link holds for one connection before the writer has to wait, as a kernel's

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,8 @@ pub struct Network {
     id: NodeId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     faults: Faults,
+    /// The address connections to peers come from; none: the OS picks.
+    source: Option<IpAddr>,
     snapshots: Arc<Snapshots>,
     health: Arc<Health>,
 }
@@ -95,11 +98,18 @@ impl Health {
 impl Network {
     /// `down_after`: how long a peer may be unreachable before it is reported (an election
     /// timeout).
-    pub fn new(id: NodeId, faults: Faults, snapshots: Arc<Snapshots>, down_after: Duration) -> Self {
+    pub fn new(
+        id: NodeId,
+        faults: Faults,
+        source: Option<IpAddr>,
+        snapshots: Arc<Snapshots>,
+        down_after: Duration,
+    ) -> Self {
         Self {
             id,
             channels: Arc::default(),
             faults,
+            source,
             snapshots,
             health: Arc::new(Health {
                 node: id,
@@ -119,7 +129,7 @@ impl Network {
         let channel = Endpoint::from_shared(addr.to_string())?
             .connect_timeout(Duration::from_secs(1))
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_with_connector_lazy(self.faults.connector(addr));
+            .connect_with_connector_lazy(self.faults.connector(addr, self.source));
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
