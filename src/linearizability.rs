@@ -225,6 +225,19 @@ pub struct Client {
     pub until: Option<Instant>,
     /// An operation without an answer by then is given up (a write's outcome is then unknown).
     pub timeout: Duration,
+    /// Writes carry a session (this client id, the operation's number) and one whose outcome is
+    /// unknown is sent again, through another node, for up to `retry_for`: the state machine
+    /// applies it at most once, so the answer that finally comes is the write's own. `None`:
+    /// no sessions; an unknown outcome stays open to the end of the history.
+    pub sessions: Option<SessionRetry>,
+}
+
+/// How a client retries its writes (see [`Client::sessions`]).
+#[derive(Clone)]
+pub struct SessionRetry {
+    /// The session's client id (unique to this client).
+    pub client: String,
+    pub retry_for: Duration,
 }
 
 /// A channel that connects when first used, and again after a failure: the node may be down now.
@@ -283,7 +296,7 @@ impl Client {
                 break;
             }
             let key = self.keys[rng.below(self.keys.len() as u64) as usize].as_str();
-            let api = &mut apis[rng.below(self.addrs.len() as u64) as usize];
+            let node = rng.below(self.addrs.len() as u64) as usize;
             let value = format!("c{}-{n}", self.id);
             let call = history.now();
             let op = rng.below(10);
@@ -293,7 +306,7 @@ impl Client {
                     request: format!(r#"{{"op":"get","key":"{key}"}}"#).into_bytes(),
                     consistency: Consistency::Linearizable as i32,
                 };
-                if let Ok(Ok(reply)) = tokio::time::timeout(self.timeout, api.query(req)).await {
+                if let Ok(Ok(reply)) = tokio::time::timeout(self.timeout, apis[node].query(req)).await {
                     let value = reply_text(&reply.into_inner().result, "value");
                     seen.insert(key, value.clone());
                     history.record(self.id, call, Some(history.now()), key, Op::Get { value });
@@ -318,14 +331,31 @@ impl Client {
             let req = pb::CallRequest {
                 plugin: "kv".into(),
                 payload: payload.into_bytes(),
-                session: None,
+                session: self.sessions.as_ref().map(|s| pb::Session {
+                    client: s.client.clone(),
+                    seq: n as u64 + 1,
+                }),
             };
-            let reply = match tokio::time::timeout(self.timeout, api.call(req)).await {
-                Ok(Ok(reply)) => Some(reply.into_inner().result),
-                // Known not to have reached a log: it did nothing.
-                Ok(Err(status)) if never_proposed(&status) => continue,
-                _ => None,
+            let give_up = Instant::now() + self.sessions.as_ref().map_or(Duration::ZERO, |s| s.retry_for);
+            let mut node = node;
+            // Whether an attempt may have reached a log.
+            let mut maybe_proposed = false;
+            let reply = loop {
+                match tokio::time::timeout(self.timeout, apis[node].call(req.clone())).await {
+                    Ok(Ok(reply)) => break Some(reply.into_inner().result),
+                    // Known not to have reached a log: it did nothing (unless an earlier attempt did).
+                    Ok(Err(status)) if never_proposed(&status) => {}
+                    _ => maybe_proposed = true,
+                }
+                if Instant::now() >= give_up {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                node = rng.below(self.addrs.len() as u64) as usize;
             };
+            if reply.is_none() && !maybe_proposed {
+                continue;
+            }
             let ret = reply.as_ref().map(|_| history.now());
             let op = match cas {
                 None => {

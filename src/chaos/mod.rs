@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tonic::transport::Channel;
-use wasmraft::linearizability::{Client, History, lazy_api};
+use wasmraft::linearizability::{Client, History, SessionRetry, lazy_api};
 use wasmraft::workload::{SplitMix, noise};
 use wasmraft_node::pb::{self, api_client::ApiClient};
 
@@ -367,7 +367,7 @@ impl Run {
     async fn schedule(&mut self, args: &ChaosArgs, seed: u64) -> anyhow::Result<Outcome> {
         let history = History::new();
         let until_at = Instant::now() + Duration::from_secs_f64(args.duration_per_schedule);
-        let keys: Vec<String> = (0..4).map(|k| format!("s{seed}-k{k}")).collect();
+        let keys: Vec<String> = (0..5).map(|k| format!("s{seed}-k{k}")).collect();
         let addrs: Vec<String> = (1..=4).map(|id| self.addr(id)).collect();
         let clients: Vec<_> = (0..args.clients)
             .map(|c| {
@@ -379,6 +379,10 @@ impl Run {
                     ops: usize::MAX,
                     until: Some(until_at),
                     timeout: Duration::from_secs(3),
+                    sessions: Some(SessionRetry {
+                        client: format!("chaos-{seed}-{c}"),
+                        retry_for: Duration::from_secs(20),
+                    }),
                 };
                 tokio::spawn(client.run(history.clone()))
             })
