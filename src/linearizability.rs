@@ -197,7 +197,10 @@ fn shortest_illegal_prefix(ops: &[Operation<Registers>], limit: Duration) -> usi
                 ..o.clone()
             })
             .collect();
-        matches!(porcupine_rs::check_operations_timeout(&prefix, limit), CheckResult::Illegal)
+        matches!(
+            porcupine_rs::check_operations_timeout(&prefix, limit),
+            CheckResult::Illegal
+        )
     };
     let (mut legal, mut illegal_at) = (0, ops.len());
     while illegal_at - legal > 1 {

@@ -57,7 +57,11 @@ fn chaos_catches_nodes_that_read_without_a_read_index_and_names_the_seed() {
         "--failpoint",
         "read-skips-read-index",
     ]);
-    assert_eq!(out.status.code(), Some(1), "the broken nodes were not caught:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the broken nodes were not caught:\n{stderr}"
+    );
     let [_, _, _, violations] = summary(&common::stdout(&out));
     assert_eq!(violations, 1);
     assert!(stderr.contains("not linearizable: key s"), "{stderr}");

@@ -597,3 +597,140 @@ async fn a_partition_with_writes_on_both_sides_commits_nothing_on_the_minority_s
         n.shutdown().await.unwrap();
     }
 }
+
+/// Sets `fault` on the links from `from` to every other node.
+fn set_outgoing(nodes: &[Node], from: u64, fault: LinkFault) {
+    let node = nodes.iter().find(|n| n.id() == from).unwrap();
+    for peer in nodes.iter().filter(|p| p.id() != from) {
+        node.faults().set(peer.id(), fault);
+    }
+}
+
+/// `drop` on the leader's own links, once its replication streams are open: they are reset
+/// (not only new RPCs refused), so nothing the cut-off leader takes commits; the others, who
+/// hear nothing from it, elect a new leader. Before the fault layer shaped established streams,
+/// the open stream kept flowing and the write committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_link_resets_established_streams_so_the_cut_off_leader_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_with_kv(3, dir.path()).await;
+    let old = leader_seen_by(&nodes[0], |_| true).await;
+    let old_node = nodes.iter().find(|n| n.id() == old).unwrap();
+    let mut api_old = api(old_node).await;
+    // Replication streams to both followers are open and carrying entries.
+    common::call(&mut api_old, "kv", &put("before", "1")).await.unwrap();
+    set_outgoing(
+        &nodes,
+        old,
+        LinkFault {
+            drop: true,
+            ..LinkFault::default()
+        },
+    );
+    let write = tokio::time::timeout(
+        Duration::from_secs(10),
+        common::call(&mut api_old, "kv", &put("cut-off", "1")),
+    )
+    .await;
+    assert!(
+        !matches!(write, Ok(Ok(_))),
+        "a leader whose links drop committed a write: {write:?}"
+    );
+    let others: Vec<&Node> = nodes.iter().filter(|n| n.id() != old).collect();
+    let new = leader_seen_by(others[0], |leader| leader != old).await;
+    heal(&nodes);
+    let new_node = nodes.iter().find(|n| n.id() == new).unwrap();
+    common::call(&mut api(new_node).await, "kv", &put("after", "1"))
+        .await
+        .unwrap();
+    for node in &nodes {
+        let api = api(node).await;
+        let read = common::eventually(
+            "the node to apply the write after the heal",
+            Duration::from_secs(20),
+            || {
+                let mut api = api.clone();
+                async move {
+                    let after =
+                        common::query(&mut api, "kv", r#"{"op":"get","key":"after"}"#, Consistency::Local).await;
+                    (after.ok()? == r#"{"value":"1"}"#).then_some(())?;
+                    common::query(&mut api, "kv", r#"{"op":"get","key":"cut-off"}"#, Consistency::Local)
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            read,
+            r#"{"value":null}"#,
+            "node {}: the cut-off write committed",
+            node.id()
+        );
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// `delay` on the leader's links, once its replication streams are open, holds what it sends:
+/// a write (which needs a follower's acknowledgement) takes at least the delay. `duplicate`
+/// sends every append on the open streams twice: writes still commit once and the replicas
+/// agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn delays_and_duplicates_act_on_established_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_with_kv(3, dir.path()).await;
+    let leader = leader_seen_by(&nodes[0], |_| true).await;
+    let leader_node = nodes.iter().find(|n| n.id() == leader).unwrap();
+    let mut api_leader = api(leader_node).await;
+    common::call(&mut api_leader, "kv", &put("warm", "1")).await.unwrap();
+    let delay = Duration::from_millis(400);
+    set_outgoing(
+        &nodes,
+        leader,
+        LinkFault {
+            delay,
+            ..LinkFault::default()
+        },
+    );
+    for i in 0..3 {
+        let started = Instant::now();
+        common::call(&mut api_leader, "kv", &put("delayed", &i.to_string()))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= delay,
+            "write {i} committed in {:?}, under the link's delay of {delay:?}",
+            started.elapsed()
+        );
+    }
+    set_outgoing(
+        &nodes,
+        leader,
+        LinkFault {
+            duplicate: true,
+            ..LinkFault::default()
+        },
+    );
+    for i in 0..20 {
+        common::call(
+            &mut api_leader,
+            "kv",
+            &format!(r#"{{"op":"put","key":"dup{i}","value":"{i}"}}"#),
+        )
+        .await
+        .unwrap();
+    }
+    heal(&nodes);
+    let last = leader_node.last_log_id().1;
+    common::eventually("the replicas to agree", Duration::from_secs(20), || async {
+        let status: Vec<_> = nodes.iter().map(|n| n.inner.status()).collect();
+        let at = |s: &pb::ClusterStatusResponse| (s.digest_index, s.state_digest.clone());
+        (status.iter().all(|s| s.digest_index >= last && at(s) == at(&status[0]))).then_some(())
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -1,10 +1,9 @@
-//! Linearizability, checked. Concurrent clients put, read (linearizable) and compare-and-swap a
-//! few keys through every node of an in-process cluster while a nemesis cuts the leader off
-//! (silent links both ways) and heals it, again and again. The recorded history is checked per key
-//! with Porcupine's algorithm (`porcupine-rs`) against a register model. A write whose outcome is
-//! unknown (it failed or timed out after it may have reached a log) stays open to the end of the
-//! history, as Porcupine expects: it may take effect at any point after its call, or never. A
-//! failed read is dropped (it changed nothing). A violation prints the key's operations.
+//! Linearizability, checked (the short form of `wasmraft chaos`, in process). Concurrent clients
+//! put, read (linearizable) and compare-and-swap a few keys through every node of an in-process
+//! cluster while a seeded nemesis faults a node's links (silent, dropped, delayed, duplicated,
+//! deaf; both ways or one) and heals them, again and again. The recorded history is checked per
+//! key with Porcupine's algorithm (`wasmraft::linearizability`). These clients use no sessions, so
+//! a write whose outcome is unknown stays open to the end of the history, as Porcupine expects.
 //!
 //! The second test proves the checker can fail: a node with the test-only failpoint
 //! `read-skips-read-index` answers linearizable reads from its own state, and a read it serves
@@ -12,15 +11,15 @@
 
 mod common;
 
-use common::in_process::{heal, silence};
+use common::in_process::{heal, set_links, silence};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmraft::linearizability::{Client, History, Op, reply_text};
 use wasmraft::workload::SplitMix;
-use wasmraft_node::Node;
 use wasmraft_node::pb::{self, Consistency, api_client::ApiClient};
+use wasmraft_node::{LinkFault, Node};
 
 /// How long the checker may take per key.
 const CHECK_LIMIT: Duration = Duration::from_secs(60);
@@ -49,7 +48,8 @@ struct Run {
 }
 
 /// One seeded schedule: 6 clients, 100 operations each on 3 keys, through random nodes, while a
-/// nemesis cuts a node off (the leader, or with the seed's odds a follower) for 0.8-2 s at a time.
+/// nemesis faults a node's links (the leader's, or with the seed's odds a follower's), both ways
+/// or one, for 0.8-2 s at a time: silent, dropped, delayed, duplicated or deaf.
 /// The seed picks the clients' operations, the cut lengths and the victims; thread timing is not
 /// seeded, so a failing seed is a strong hint, not an exact replay.
 async fn schedule(seed: u64) -> Result<Run, String> {
@@ -88,7 +88,33 @@ async fn schedule(seed: u64) -> Result<Run, String> {
                     (0, _) | (_, None) => rng.below(3) + 1,
                     (_, Some(leader)) => leader,
                 };
-                silence(nodes, &[victim]);
+                // The fault, per link and direction: the victim's links both ways or only what it
+                // sends, silent (packets dropped), dropped (connections reset), delayed, or
+                // duplicated.
+                let fault = match rng.below(6) {
+                    0 | 1 => LinkFault {
+                        silent: true,
+                        ..LinkFault::default()
+                    },
+                    2 => LinkFault {
+                        drop: true,
+                        ..LinkFault::default()
+                    },
+                    3 => LinkFault {
+                        delay: Duration::from_millis(50 + rng.below(250)),
+                        ..LinkFault::default()
+                    },
+                    4 => LinkFault {
+                        duplicate: true,
+                        delay: Duration::from_millis(rng.below(30)),
+                        ..LinkFault::default()
+                    },
+                    _ => LinkFault {
+                        deaf: true,
+                        ..LinkFault::default()
+                    },
+                };
+                set_links(nodes, victim, fault, rng.below(3) != 0);
                 *cuts += 1;
                 tokio::time::sleep(Duration::from_millis(800 + rng.below(1200))).await;
                 heal(nodes);
@@ -132,9 +158,9 @@ async fn histories_under_cuts_and_heals_are_linearizable_for_20_seeded_schedules
         cuts += run.cuts;
     }
     println!(
-        "schedules: 20, ops checked: {checked} ({unknown} of unknown outcome), faults: {cuts} cuts, violations: 0"
+        "schedules: 20, ops checked: {checked} ({unknown} of unknown outcome), faults: {cuts} link faults, violations: 0"
     );
-    assert!(cuts >= 20, "only {cuts} cuts in 20 schedules");
+    assert!(cuts >= 20, "only {cuts} link faults in 20 schedules");
 }
 
 /// The checker catches a stale read: node 1 answers linearizable reads from its own state

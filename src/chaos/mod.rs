@@ -204,6 +204,7 @@ async fn run(args: ChaosArgs, network: Network) -> anyhow::Result<ExitCode> {
     let (mut schedules, mut checked, mut unknown, mut violations) = (0, 0, 0, 0);
     for i in 0..args.schedules {
         let schedule_seed = seed + i;
+        let started = Instant::now();
         let outcome = run.schedule(&args, schedule_seed).await?;
         schedules += 1;
         checked += outcome.checked;
@@ -212,8 +213,11 @@ async fn run(args: ChaosArgs, network: Network) -> anyhow::Result<ExitCode> {
         let faults = outcome.faults.join(", ");
         match &outcome.violation {
             None => eprintln!(
-                "{head}: {} ops checked ({} of unknown outcome) under {faults}: ok",
-                outcome.checked, outcome.unknown
+                "{head}: {} ops checked ({} of unknown outcome) under {faults}: ok ({:.0} s, check {:.1} s)",
+                outcome.checked,
+                outcome.unknown,
+                started.elapsed().as_secs_f64(),
+                outcome.check_time.as_secs_f64()
             ),
             Some(violation) => {
                 violations += 1;
@@ -262,6 +266,8 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// What one schedule did and found.
 struct Outcome {
+    /// How long the history check took.
+    check_time: Duration,
     checked: usize,
     unknown: usize,
     faults: Vec<String>,
@@ -401,7 +407,9 @@ impl Run {
             client.await??;
         }
         let recovered = self.heal().await;
+        let check_started = Instant::now();
         let checked = history.check(Duration::from_secs(120));
+        let check_time = check_started.elapsed();
         let violation = match (checked.as_ref(), failure, recovered) {
             (Err(violation), _, _) => Some(format!("not linearizable: {violation}")),
             (_, Some(failure), _) => Some(failure),
@@ -412,6 +420,7 @@ impl Run {
             *self.faults.entry(fault).or_default() += 1;
         }
         Ok(Outcome {
+            check_time,
             checked: checked.unwrap_or(history.len()),
             unknown: history.unknown(),
             faults: faults.iter().map(|f| f.to_string()).collect(),

@@ -143,7 +143,6 @@ max_send_bytes_per_sec = 4000000
         let mut cmd = Command::new(bin);
         cmd.args(["node", "--config"])
             .arg(&node.config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .env_remove("WASMRAFT_FAILPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

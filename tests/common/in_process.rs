@@ -49,3 +49,14 @@ pub fn heal(nodes: &[Node]) {
         node.faults().heal_all();
     }
 }
+
+/// Sets `fault` on `victim`'s links to every other node and, with `both_ways`, on theirs to it.
+pub fn set_links(nodes: &[Node], victim: u64, fault: LinkFault, both_ways: bool) {
+    for node in nodes {
+        for peer in nodes.iter().filter(|p| p.id() != node.id()) {
+            if node.id() == victim || (both_ways && peer.id() == victim) {
+                node.faults().set(peer.id(), fault);
+            }
+        }
+    }
+}

@@ -1,13 +1,16 @@
-//! The fault layer between this node and its peers, for tests: per link, RPCs can fail at once
-//! (`drop`), wait (`delay`), be sent twice (`duplicate`), or the link can go `silent`, which is
-//! what a firewall that drops packets does: connections stay open, new ones hang, and no byte
-//! moves in either direction until the link heals, when everything held is delivered (as TCP
-//! retransmission would). Two finer faults shape a partition's edges the way real TCP does:
+//! The fault layer between this node and its peers, for tests. Per link (this node's connections
+//! to one peer), it acts on new RPCs and on established streams alike: `drop` fails new RPCs at
+//! once and resets open connections; `delay` holds every byte this node sends on the link for a
+//! while (one direction: what the peer sends back is not delayed); `duplicate` sends each unary
+//! RPC twice and each append of a stream opened meanwhile twice; `silent` is what a firewall that
+//! drops packets does: connections stay open, new ones hang, and no byte moves in either
+//! direction until the link heals, when everything held is delivered (as TCP retransmission
+//! would). Two finer faults shape a partition's edges the way real TCP does:
 //! `deaf` holds only the replies (those in flight when a cut begins), and `pace` delivers held
 //! replies a few bytes at a time (a connection's first round trips after a retransmission
 //! timeout). Empty, and one atomic load per socket poll, unless a test sets a fault.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,15 +26,18 @@ use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::Uri;
 
 use crate::types::NodeId;
+use crate::util::lock;
 
 /// What happens to RPCs from this node to one peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkFault {
-    /// Fail every RPC as unreachable (a partition, one direction).
+    /// Fail every new RPC as unreachable, and reset open connections (a partition whose
+    /// firewall rejects rather than drops).
     pub drop: bool,
-    /// Hold every RPC this long before sending it.
+    /// Hold every byte this node sends on the link this long (one direction).
     pub delay: Duration,
-    /// Send every unary RPC (vote, append) twice; the second answer counts.
+    /// Send every unary RPC (vote, append) twice, the second answer counting, and every append
+    /// of a stream opened while it is set twice, the second reply counting.
     pub duplicate: bool,
     /// Hold every byte on this node's connections to the peer, both ways, and hold new
     /// connections, until the link heals (a partition by a packet-dropping firewall).
@@ -47,7 +53,7 @@ pub struct LinkFault {
 impl LinkFault {
     /// Whether this fault acts on the bytes of established connections.
     fn shapes_streams(&self) -> bool {
-        self.silent || self.deaf || !self.pace.is_zero()
+        self.drop || self.silent || self.deaf || !self.pace.is_zero() || !self.delay.is_zero()
     }
 }
 
@@ -69,10 +75,6 @@ struct Inner {
     any_shaped: AtomicBool,
     /// Sockets waiting for a silent link to heal.
     waiting: Mutex<Vec<Waker>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Faults {
@@ -182,7 +184,9 @@ impl tower_service::Service<Uri> for Connector {
                 io: stream,
                 faults,
                 addr,
-                held: Vec::new(),
+                held: VecDeque::new(),
+                held_bytes: 0,
+                release_at: None,
                 paced_until: None,
             }))
         })
@@ -217,30 +221,57 @@ async fn dial(host: &str, port: u16, source: Option<IpAddr>) -> io::Result<TcpSt
     }))
 }
 
-/// Bytes a silent link holds for one connection before the writer has to wait, as a kernel's
-/// send buffer would.
+/// Bytes a silent or delaying link holds for one connection before the writer has to wait, as a
+/// kernel's send buffer would.
 const HELD_BYTES: usize = 4 << 20;
 
 /// A peer connection through the fault layer. While its link is silent, reads wait and writes
-/// are held (up to [`HELD_BYTES`]); when it heals, held bytes go out first, in order.
+/// are held (up to [`HELD_BYTES`]); when it heals, held bytes go out first, in order. While it
+/// delays, each write is held until its delay has passed. While it drops, the connection fails
+/// as a reset one does.
 pub(crate) struct FaultyStream {
     io: TcpStream,
     faults: Faults,
     addr: Arc<str>,
-    held: Vec<u8>,
+    /// Written bytes not sent yet, in order, each with the time it may go.
+    held: VecDeque<(Instant, Vec<u8>)>,
+    held_bytes: usize,
+    /// When the first held write may go, while it waits for its delay.
+    release_at: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When a paced link lets this connection read next.
     paced_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+fn reset() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "link dropped (fault layer)")
+}
+
 impl FaultyStream {
-    /// Writes out what the silent link held; ready when nothing is held.
+    /// Writes out the held bytes whose time has come; ready when nothing is held.
     fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.held.is_empty() {
-            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+        while let Some((at, bytes)) = self.held.front_mut() {
+            if self.faults.silent(&self.addr) {
+                return self.faults.hold(cx);
+            }
+            if *at > Instant::now() {
+                let at = *at;
+                let sleep = self
+                    .release_at
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+                sleep.as_mut().reset(at.into());
+                std::task::ready!(sleep.as_mut().poll(cx));
+                continue;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, bytes))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.held.drain(..n);
+            self.held_bytes -= n;
+            if n == bytes.len() {
+                self.held.pop_front();
+            } else {
+                bytes.drain(..n);
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -252,6 +283,9 @@ impl AsyncRead for FaultyStream {
         let Some(fault) = this.faults.shaping(&this.addr) else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
+        if fault.drop {
+            return Poll::Ready(Err(reset()));
+        }
         if fault.silent || fault.deaf {
             return this.faults.hold(cx);
         }
@@ -273,13 +307,21 @@ impl AsyncRead for FaultyStream {
 impl AsyncWrite for FaultyStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.faults.silent(&this.addr) {
-            if this.held.len() >= HELD_BYTES {
-                return this.faults.hold(cx);
+        let fault = this.faults.shaping(&this.addr).unwrap_or_default();
+        if fault.drop {
+            return Poll::Ready(Err(reset()));
+        }
+        if fault.silent || !fault.delay.is_zero() {
+            if this.held_bytes >= HELD_BYTES {
+                // Full: wait for held bytes to go out (or, while silent, for the link to change).
+                std::task::ready!(this.poll_release(cx))?;
             }
-            this.faults.wake_on_change(cx);
-            let n = buf.len().min(HELD_BYTES - this.held.len());
-            this.held.extend_from_slice(&buf[..n]);
+            let n = buf.len().min(HELD_BYTES - this.held_bytes);
+            this.held.push_back((Instant::now() + fault.delay, buf[..n].to_vec()));
+            this.held_bytes += n;
+            // Start the clock (or the wait for a heal) now, so held bytes go even if nobody
+            // flushes.
+            let _ = this.poll_release(cx)?;
             return Poll::Ready(Ok(n));
         }
         std::task::ready!(this.poll_release(cx))?;
@@ -288,6 +330,9 @@ impl AsyncWrite for FaultyStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.faults.shaping(&this.addr).is_some_and(|f| f.drop) {
+            return Poll::Ready(Err(reset()));
+        }
         if this.faults.silent(&this.addr) {
             this.faults.wake_on_change(cx);
             return Poll::Ready(Ok(()));

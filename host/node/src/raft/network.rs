@@ -1,7 +1,7 @@
 //! The peer transport: openraft's network over tonic, one cached channel per peer, through the
 //! fault layer ([`Faults`]) that tests use to cut, delay or silence links.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -122,7 +122,7 @@ impl Network {
     /// A lazily connecting channel to `peer` at `addr` (`http://host:port`).
     pub fn channel(&self, peer: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
         self.faults.learn(peer, addr);
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = lock(&self.channels);
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
@@ -195,10 +195,8 @@ impl PeerConnection {
 
     /// The client for one RPC, after the fault layer had its say.
     async fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
+        // A delay acts on the connection's bytes (`faults`), established streams included.
         let fault = self.faults.get(self.target);
-        if !fault.delay.is_zero() {
-            tokio::time::sleep(fault.delay).await;
-        }
         if fault.drop {
             return Err(unreachable(format!(
                 "link to node {} is cut (fault layer)",
@@ -258,9 +256,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 tokio::time::sleep(retry_delay(self.stream_failures)).await;
             }
             let (requests, replies) = ack_gate::gate(input);
+            // A duplicating link sends each append twice and keeps the second reply: `copies`
+            // holds, for each request sent, how many replies are still due for it.
+            let copies: Arc<Mutex<VecDeque<usize>>> = Arc::default();
             let opened = async {
                 let mut client = self.client().await?;
-                let requests = requests.map(|rpc| append_request_to_pb(&rpc));
+                let (faults, target, sent) = (self.faults.clone(), self.target, copies.clone());
+                let requests = requests.flat_map(move |rpc| {
+                    let n = if faults.get(target).duplicate { 2 } else { 1 };
+                    lock(&sent).push_back(n);
+                    futures::stream::iter(std::iter::repeat_n(append_request_to_pb(&rpc), n))
+                });
                 client.stream_append(requests).await.map_err(status_to_rpc)
             }
             .await;
@@ -274,6 +280,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     return Err(e);
                 }
             };
+            let responses = responses.filter(move |item| {
+                let mut due = lock(&copies);
+                let last = match due.front_mut() {
+                    Some(1) | None => {
+                        due.pop_front();
+                        true
+                    }
+                    Some(n) => {
+                        *n -= 1;
+                        false
+                    }
+                };
+                std::future::ready(item.is_err() || last)
+            });
             let results = responses.map(|item| match item {
                 Ok(resp) => stream_result_from_pb(resp).map_err(malformed),
                 Err(status) => Err(status_to_rpc(status)),
