@@ -158,7 +158,10 @@ async fn run(args: ChaosArgs, network: Network) -> anyhow::Result<ExitCode> {
         now.map_or(1, |d| d.as_secs() % 1_000_000)
     });
     let firewall = match network {
-        Network::Own(firewall) => Some(firewall),
+        Network::Own(firewall) => {
+            eprintln!("partitions: nftables rules in the run's own network namespace");
+            Some(firewall)
+        }
         Network::Shared(why) => {
             eprintln!("partitions skipped: no network namespace could be made ({why})");
             None
