@@ -240,11 +240,10 @@ async fn run(args: ChaosArgs, network: Network) -> anyhow::Result<ExitCode> {
         eprintln!("seen: {}", seen.join(", "));
     }
     eprintln!("operations of unknown outcome (open to the end of their history): {unknown}");
-    if violations > 0 {
-        if let Some(temp) = temp {
-            let kept = temp.keep();
-            eprintln!("node logs kept in {}", kept.display());
-        }
+    if violations > 0
+        && let Some(temp) = temp
+    {
+        eprintln!("node logs kept in {}", temp.keep().display());
     }
     println!("schedules: {schedules}, ops checked: {checked}, faults: {total}, violations: {violations}");
     Ok(if violations > 0 {
