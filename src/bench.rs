@@ -117,6 +117,7 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
                         plugin: plugin.clone(),
                         request,
                         consistency: consistency as i32,
+                        shadow: false,
                     };
                     api.query(req).await.is_ok()
                 } else {

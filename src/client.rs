@@ -136,12 +136,14 @@ pub async fn query(
     plugin: String,
     request: Vec<u8>,
     consistency: pb::Consistency,
+    shadow: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(endpoint).await?;
     let req = pb::QueryRequest {
         plugin,
         request,
         consistency: consistency as i32,
+        shadow,
     };
     match client.query(req).await {
         Ok(resp) => {

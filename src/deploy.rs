@@ -31,6 +31,7 @@ pub async fn deploy_bytes(
     bytes: Vec<u8>,
     config: Vec<u8>,
     label: &str,
+    shadow: bool,
     mut on_progress: impl FnMut(&pb::DeployProgress),
 ) -> Result<Deployed, tonic::Status> {
     let sha256 = hex::encode(Sha256::digest(&bytes));
@@ -41,6 +42,7 @@ pub async fn deploy_bytes(
             size: bytes.len() as u64,
             config,
             label: label.to_string(),
+            shadow,
         })),
     };
     let pieces: Vec<pb::DeployRequest> = bytes
@@ -93,6 +95,7 @@ pub async fn activate_builtin(
             size: 0,
             config: Vec::new(),
             label: String::new(),
+            shadow: false,
         })),
     };
     let mut progress = client.deploy(futures::stream::iter([start])).await?.into_inner();
@@ -109,12 +112,13 @@ pub async fn deploy(
     file: &Path,
     config: Vec<u8>,
     label: String,
+    shadow: bool,
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let mut client = connect(endpoint).await?;
     let started = Instant::now();
     let progress = crate::progress::bytes(bytes.len() as u64, &format!("deploy {name}"));
-    let result = deploy_bytes(&mut client, &name, bytes, config, &label, |msg| {
+    let result = deploy_bytes(&mut client, &name, bytes, config, &label, shadow, |msg| {
         progress.set_position(msg.committed_bytes);
         if !msg.compiles.is_empty() {
             let states: Vec<String> = msg.compiles.iter().map(compile_state).collect();
@@ -125,9 +129,13 @@ pub async fn deploy(
     progress.finish_and_clear();
     match result {
         Ok(deployed) => {
-            println!("deployed {name}");
+            println!("deployed {name}{}", if shadow { " in shadow" } else { "" });
             println!("  sha256      {}", deployed.sha256);
-            println!("  activated   at log index {}", deployed.index);
+            if shadow {
+                println!("  shadow from log index {} (see: wasmraft plugins shadow {name})", deployed.index);
+            } else {
+                println!("  activated   at log index {}", deployed.index);
+            }
             if !deployed.compiles.is_empty() {
                 let states: Vec<String> = deployed.compiles.iter().map(compile_state).collect();
                 println!("  compiled    {}", states.join(", "));
@@ -305,6 +313,125 @@ pub async fn remove(endpoint: &str, name: String, yes: bool) -> anyhow::Result<E
     {
         Ok(resp) => {
             println!("removed {name} at log index {}", resp.into_inner().index);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => Ok(report(&status)),
+    }
+}
+
+/// `plugins shadow NAME`: every member's comparison, one line each, then the differences.
+pub async fn shadow_status(endpoint: &str, name: String, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let members = match client.cluster_status(pb::ClusterStatusRequest {}).await {
+        Ok(status) => status.into_inner().nodes,
+        Err(status) => return Ok(report(&status)),
+    };
+    let mut views = Vec::new();
+    for node in &members {
+        let view = match connect(&node.addr).await {
+            Ok(mut api) => api
+                .shadow_status(pb::ShadowStatusRequest { name: name.clone() })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        views.push((node.id, view));
+    }
+    if as_json {
+        let nodes: Vec<Value> = views
+            .iter()
+            .map(|(id, view)| match view {
+                Ok(view) => {
+                    let shadow = view.shadow.as_ref().map(shadow_json);
+                    json!({"id": id, "applied_index": view.applied_index, "shadow": shadow})
+                }
+                Err(e) => json!({"id": id, "unreachable": e}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"plugin": name, "nodes": nodes}))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut shown = None;
+    for (id, view) in &views {
+        match view {
+            Ok(pb::ShadowStatusResponse {
+                shadow: Some(record), ..
+            }) => {
+                let s = record.stats.clone().unwrap_or_default();
+                let stopped = record.stopped_index.map_or(String::new(), |index| {
+                    format!(", STOPPED at index {index}: {}", record.stopped_reason)
+                });
+                println!(
+                    "node {id}: compared {}, equal {}, different {}, candidate errors {}; fuel: active {}, candidate {}{stopped}",
+                    s.compared, s.equal, s.different, s.candidate_errors, s.active_fuel, s.candidate_fuel
+                );
+                shown.get_or_insert(record.clone());
+            }
+            Ok(_) => println!("node {id}: no shadow run of {name}"),
+            Err(e) => println!("node {id}: unreachable: {e}"),
+        }
+    }
+    let Some(record) = shown else {
+        return Ok(ExitCode::from(1));
+    };
+    let candidate = record.candidate.unwrap_or_default();
+    println!(
+        "candidate {}{} in shadow since log index {}",
+        candidate.sha256,
+        labelled(&candidate.label),
+        record.started_index
+    );
+    if !record.differences.is_empty() {
+        println!("first differences:");
+    }
+    for d in &record.differences {
+        println!("  index {}: {}", d.index, String::from_utf8_lossy(&d.payload));
+        println!("    active     {}", d.active);
+        println!("    candidate  {}", d.candidate);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shadow_json(record: &pb::ShadowRecord) -> Value {
+    let s = record.stats.clone().unwrap_or_default();
+    let candidate = record.candidate.clone().unwrap_or_default();
+    json!({
+        "sha256": candidate.sha256,
+        "label": candidate.label,
+        "started_index": record.started_index,
+        "compared": s.compared,
+        "equal": s.equal,
+        "different": s.different,
+        "candidate_errors": s.candidate_errors,
+        "active_fuel": s.active_fuel,
+        "candidate_fuel": s.candidate_fuel,
+        "stopped_index": record.stopped_index,
+        "stopped_reason": (!record.stopped_reason.is_empty()).then_some(&record.stopped_reason),
+        "differences": record.differences.iter().map(|d| json!({
+            "index": d.index,
+            "payload": String::from_utf8_lossy(&d.payload),
+            "active": d.active,
+            "candidate": d.candidate,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `plugins promote NAME` / `plugins drop-shadow NAME`.
+pub async fn end_shadow(endpoint: &str, name: String, promote: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    let req = pb::EndShadowRequest {
+        name: name.clone(),
+        promote,
+    };
+    match client.end_shadow(req).await {
+        Ok(resp) => {
+            let index = resp.into_inner().index;
+            if promote {
+                println!("promoted {name}'s shadow: it serves from log index {index}");
+            } else {
+                println!("dropped {name}'s shadow at log index {index}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(status) => Ok(report(&status)),

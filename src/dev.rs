@@ -91,7 +91,7 @@ pub async fn dev(opts: DevOptions) -> anyhow::Result<ExitCode> {
     let active = api.list_plugins(pb::ListPluginsRequest {}).await?.into_inner().plugins;
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if !active.iter().any(|p| p.name == "kv" && p.sha256 == sha256) {
-        let index = crate::deploy::deploy_bytes(&mut api, "kv", bytes, Vec::new(), "", |_| {})
+        let index = crate::deploy::deploy_bytes(&mut api, "kv", bytes, Vec::new(), "", false, |_| {})
             .await
             .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?
             .index;

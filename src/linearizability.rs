@@ -308,6 +308,7 @@ impl Client {
                     plugin: "kv".into(),
                     request: format!(r#"{{"op":"get","key":"{key}"}}"#).into_bytes(),
                     consistency: Consistency::Linearizable as i32,
+                    shadow: false,
                 };
                 if let Ok(Ok(reply)) = tokio::time::timeout(self.timeout, apis[node].query(req)).await {
                     let value = reply_text(&reply.into_inner().result, "value");

@@ -96,6 +96,9 @@ enum Command {
         /// linearizable (a quorum round trip), lease (the leader's lease) or local (may be stale).
         #[arg(long, default_value = "linearizable", value_parser = client::parse_consistency)]
         consistency: wasmraft_node::pb::Consistency,
+        /// Ask the plugin's shadow candidate (`deploy --shadow`) instead of the active version.
+        #[arg(long)]
+        shadow: bool,
         plugin: String,
         request: Option<String>,
         #[arg(long)]
@@ -113,6 +116,10 @@ enum Command {
         /// A name for this version (e.g. v2), shown by `wasmraft plugins`.
         #[arg(long, default_value = "")]
         label: String,
+        /// Run it in shadow beside the active version instead of activating it: it gets a copy
+        /// of the state and applies every later call, its results compared, never returned.
+        #[arg(long)]
+        shadow: bool,
     },
     /// List the active plugins (with their earlier versions), or roll one back, or remove one.
     Plugins {
@@ -158,6 +165,19 @@ enum PluginsCommand {
         /// One of the earlier versions `wasmraft plugins` lists.
         sha256: Option<String>,
     },
+    /// Every node's comparison of NAME's shadow run with the active version, and the first
+    /// differences.
+    Shadow {
+        name: String,
+        /// JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make NAME's shadow candidate the active version at one log index (its shadow state
+    /// becomes the live state: no second migration).
+    Promote { name: String },
+    /// Stop NAME's shadow run and delete its state, at one log index.
+    DropShadow { name: String },
     /// Retire NAME and delete its data, on every node at one log index.
     Remove {
         name: String,
@@ -306,12 +326,13 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query {
             endpoint,
             consistency,
+            shadow,
             plugin,
             request,
             file,
         } => {
             let request = client::payload(request, file.as_deref())?;
-            client::query(&endpoint.endpoint, plugin, request, consistency).await
+            client::query(&endpoint.endpoint, plugin, request, consistency, shadow).await
         }
         Command::Deploy {
             endpoint,
@@ -319,7 +340,8 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             file,
             config,
             label,
-        } => deploy::deploy(&endpoint.endpoint, name, &file, config.into_bytes(), label).await,
+            shadow,
+        } => deploy::deploy(&endpoint.endpoint, name, &file, config.into_bytes(), label, shadow).await,
         Command::Plugins {
             endpoint,
             json,
@@ -330,6 +352,9 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
                 deploy::rollback(&endpoint.endpoint, name, sha256.unwrap_or_default()).await
             }
             Some(PluginsCommand::Remove { name, yes }) => deploy::remove(&endpoint.endpoint, name, yes).await,
+            Some(PluginsCommand::Shadow { name, json }) => deploy::shadow_status(&endpoint.endpoint, name, json).await,
+            Some(PluginsCommand::Promote { name }) => deploy::end_shadow(&endpoint.endpoint, name, true).await,
+            Some(PluginsCommand::DropShadow { name }) => deploy::end_shadow(&endpoint.endpoint, name, false).await,
         },
         Command::Cluster { endpoint, command } => {
             let ep = &endpoint.endpoint;

@@ -107,7 +107,7 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
         .unwrap_or_else(|| PathBuf::from(wasmraft::plugins::KV));
     let bytes = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
     let mut api = client::connect(&endpoint).await?;
-    crate::deploy::deploy_bytes(&mut api, "kv", bytes, Vec::new(), "", |_| {})
+    crate::deploy::deploy_bytes(&mut api, "kv", bytes, Vec::new(), "", false, |_| {})
         .await
         .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
 

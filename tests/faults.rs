@@ -158,6 +158,7 @@ fn keep_reading(
                 plugin: "kv".into(),
                 request: format!(r#"{{"op":"get","key":"{key}"}}"#).into_bytes(),
                 consistency: consistency as i32,
+                shadow: false,
             };
             let result = match tokio::time::timeout(Duration::from_secs(5), api.query(request)).await {
                 Ok(Ok(resp)) => Ok(String::from_utf8_lossy(&resp.into_inner().result).into_owned()),

@@ -225,6 +225,7 @@ async fn the_checker_catches_a_node_that_reads_without_a_read_index() {
             plugin: "kv".into(),
             request: br#"{"op":"get","key":"k"}"#.to_vec(),
             consistency: Consistency::Linearizable as i32,
+            shadow: false,
         })
         .await
         .expect("the failpoint answers without a quorum")

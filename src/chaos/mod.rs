@@ -352,7 +352,7 @@ impl Run {
             .map_err(|s| anyhow::anyhow!("initializing the cluster: {}", s.message()))?;
         let leader = self.wait_leader().await?;
         let mut api = self.api(leader)?;
-        crate::deploy::deploy_bytes(&mut api, "kv", self.plugin.clone(), Vec::new(), "chaos-0", |_| {})
+        crate::deploy::deploy_bytes(&mut api, "kv", self.plugin.clone(), Vec::new(), "chaos-0", false, |_| {})
             .await
             .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
         for k in 0..FILLER_KEYS {
@@ -547,7 +547,7 @@ impl Run {
                 let mut api = self.api(leader)?;
                 let label = format!("chaos-{}", self.deploys);
                 let deploy =
-                    crate::deploy::deploy_bytes(&mut api, "kv", self.plugin.clone(), Vec::new(), &label, |_| {});
+                    crate::deploy::deploy_bytes(&mut api, "kv", self.plugin.clone(), Vec::new(), &label, false, |_| {});
                 let _ = tokio::time::timeout(Duration::from_secs(30), deploy).await;
                 DEPLOY
             }

@@ -392,6 +392,7 @@ pub async fn query(
             plugin: plugin.into(),
             request: request.as_bytes().to_vec(),
             consistency: consistency as i32,
+            shadow: false,
         })
         .await?;
     Ok(String::from_utf8_lossy(&resp.into_inner().result).into_owned())

@@ -29,7 +29,10 @@ impl fmt::Display for pb::Command {
                     c.total
                 )
             }
+            Some(pb::command::Kind::Activate(a)) if a.shadow => write!(f, "shadow {} = {}", a.name, a.sha256),
             Some(pb::command::Kind::Activate(a)) => write!(f, "activate {} = {}", a.name, a.sha256),
+            Some(pb::command::Kind::EndShadow(e)) if e.promote => write!(f, "promote shadow {}", e.name),
+            Some(pb::command::Kind::EndShadow(e)) => write!(f, "drop shadow {}", e.name),
             Some(pb::command::Kind::Retire(r)) => write!(f, "retire {}", r.name),
             None => write!(f, "empty command"),
         }

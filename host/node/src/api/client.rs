@@ -30,6 +30,7 @@ impl ApiService {
                 sha256: start.sha256.clone(),
                 config: start.config,
                 label: start.label,
+                shadow: false,
             })),
         };
         let (index, result) = self.0.propose(activate).await?;
@@ -107,6 +108,9 @@ impl pb::api_server::Api for ApiService {
         };
         wasmraft_store::check_space(&start.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if start.sha256.starts_with(crate::sm::BUILTIN_PREFIX) {
+            if start.shadow {
+                return Err(Status::invalid_argument("built-ins cannot run in shadow"));
+            }
             return self.activate_builtin(start).await;
         }
         let limit = self.0.shared.runtime.limits().max_component_bytes as u64;
@@ -298,17 +302,50 @@ impl pb::api_server::Api for ApiService {
             .await?;
         Ok(Response::new(pb::TransferLeaderToResponse {}))
     }
+
+    async fn shadow_status(
+        &self,
+        req: Request<pb::ShadowStatusRequest>,
+    ) -> Result<Response<pb::ShadowStatusResponse>, Status> {
+        let name = req.into_inner().name;
+        Ok(Response::new(pb::ShadowStatusResponse {
+            node: self.0.id,
+            applied_index: self.0.shared.state_digest().0,
+            shadow: self.0.shared.shadow(&name).map(|s| s.record()),
+        }))
+    }
+
+    async fn end_shadow(&self, req: Request<pb::EndShadowRequest>) -> Result<Response<pb::EndShadowResponse>, Status> {
+        let req = req.into_inner();
+        let index = self.0.end_shadow(req.name, req.promote).await?;
+        Ok(Response::new(pb::EndShadowResponse { index }))
+    }
 }
 
 impl ApiService {
     /// A query at its consistency: the read barrier, then the plugin's answer.
     async fn answer_query(&self, req: pb::QueryRequest) -> Result<Response<pb::QueryResponse>, Status> {
         self.0.read_barrier(req.consistency()).await?;
-        let plugin = self
-            .0
-            .shared
-            .plugin(&req.plugin)
-            .ok_or_else(|| Status::not_found(format!("unknown plugin {:?}", req.plugin)))?;
+        let plugin = if req.shadow {
+            let shadow = self
+                .0
+                .shared
+                .shadow(&req.plugin)
+                .ok_or_else(|| Status::not_found(format!("{:?} has no shadow run", req.plugin)))?;
+            let record = shadow.record();
+            if let Some(stopped) = record.stopped_index {
+                return Err(Status::failed_precondition(format!(
+                    "{}'s shadow stopped at log index {stopped} ({})",
+                    req.plugin, record.stopped_reason
+                )));
+            }
+            shadow.plugin.clone()
+        } else {
+            self.0
+                .shared
+                .plugin(&req.plugin)
+                .ok_or_else(|| Status::not_found(format!("unknown plugin {:?}", req.plugin)))?
+        };
         let shared = self.0.shared.clone();
         let name = req.plugin.clone();
         let (answer, applied_index) = tokio::task::spawn_blocking(move || {

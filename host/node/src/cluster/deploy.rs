@@ -85,6 +85,7 @@ impl NodeInner {
             sha256: sha256.clone(),
             config: start.config,
             label: start.label,
+            shadow: start.shadow,
         };
         self.activate_stored(activate, last_chunk, progress(total), tx).await;
     }
@@ -275,6 +276,7 @@ impl NodeInner {
             sha256: target.sha256.clone(),
             config: plugin.info.config.clone(),
             label: target.label.clone(),
+            shadow: false,
         };
         Ok((activate, plugin.info.activated_index))
     }
@@ -334,6 +336,22 @@ impl NodeInner {
         let command = pb::Command {
             timestamp_ms: 0,
             kind: Some(command::Kind::Retire(pb::Retire { name })),
+        };
+        let (index, result) = self.propose(command).await?;
+        control_outcome(result)?;
+        Ok(index)
+    }
+}
+
+impl NodeInner {
+    /// Promotes (or drops) the shadow run of the plugin `name`; returns the log index.
+    pub async fn end_shadow(&self, name: String, promote: bool) -> Result<u64, Status> {
+        if self.shared.shadow(&name).is_none() {
+            return Err(Status::not_found(format!("{name} has no shadow run")));
+        }
+        let command = pb::Command {
+            timestamp_ms: 0,
+            kind: Some(command::Kind::EndShadow(pb::EndShadow { name, promote })),
         };
         let (index, result) = self.propose(command).await?;
         control_outcome(result)?;

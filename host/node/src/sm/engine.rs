@@ -37,7 +37,8 @@ pub fn missing_builtin(sha256: &str) -> String {
     }
 }
 
-/// A plugin version's code: what each instance of it is made from.
+/// A plugin version's code: what each instance of it is made from. Cheap to clone.
+#[derive(Clone)]
 pub enum Code {
     Component(PluginCode),
     #[cfg(feature = "bench-native")]

@@ -13,6 +13,7 @@ mod digest;
 mod engine;
 mod registry;
 mod sessions;
+mod shadow;
 mod uploads;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -34,6 +35,7 @@ pub use engine::BUILTINS;
 pub(crate) use engine::{BUILTIN_PREFIX, Engine, builtin_name, missing_builtin};
 pub(crate) use registry::{ActivePlugin, Shared, component_key};
 pub(crate) use sessions::SESSIONS;
+pub(crate) use shadow::Shadow;
 pub(crate) use uploads::{STARTED as UPLOADS_STARTED, UNUSED as COMPONENTS_UNUSED, UPLOADS};
 
 use crate::pb::{self, command, command_result};
@@ -62,6 +64,8 @@ pub struct Machine {
     results_digest: [u8; 32],
     /// Session records read or written since the last flush (`None`: none, or just forgotten).
     sessions: HashMap<String, Option<pb::SessionRecord>>,
+    /// A shadow's record changed since the last flush (it is stored with the registry).
+    shadows_changed: bool,
 }
 
 fn rejected(message: impl Into<String>) -> pb::CommandResult {
@@ -114,6 +118,7 @@ impl Machine {
             membership,
             results_digest,
             sessions: HashMap::new(),
+            shadows_changed: false,
         };
         sm.load_registry()?;
         sm.drop_unused_spaces()?;
@@ -123,7 +128,9 @@ impl Machine {
     /// Deletes key spaces no active plugin uses: what a crash in the middle of a snapshot
     /// install left (the install had not switched to them).
     fn drop_unused_spaces(&self) -> io::Result<()> {
-        let used: BTreeSet<String> = self.shared.plugins().iter().map(|p| p.space().to_string()).collect();
+        let used: BTreeSet<String> = (self.shared.plugins().iter().map(|p| p.space().to_string()))
+            .chain(self.shared.shadows().iter().map(|s| s.plugin.space().to_string()))
+            .collect();
         let mut batch = self.shared.store.batch();
         for space in self.shared.store.spaces().map_err(io_err)? {
             if !used.contains(&space) {
@@ -168,12 +175,28 @@ impl Machine {
             plugins.insert(info.name.clone(), Arc::new(plugin));
         }
         self.shared.set_plugins(plugins);
+        let mut shadows = BTreeMap::new();
+        for record in registry.shadows {
+            let info = record.candidate.clone().unwrap_or_default();
+            let bytes = self
+                .shared
+                .store
+                .blob_get(&component_key(&info.sha256))
+                .map_err(io_err)?
+                .ok_or_else(|| io_err(format!("shadow {}: component {} missing from blobs", info.name, info.sha256)))?;
+            let candidate = ActivePlugin::candidate(&self.shared, &self.pending, info.clone(), &bytes)
+                .map_err(|e| io_err(format!("shadow {}: {e}", info.name)))?;
+            info!(plugin = %info.name, sha256 = %info.sha256, "shadow run loaded");
+            shadows.insert(info.name.clone(), Arc::new(Shadow::new(candidate, record)));
+        }
+        self.shared.set_shadows(shadows);
         Ok(())
     }
 
     fn registry(&self) -> pb::Registry {
         pb::Registry {
             plugins: self.shared.plugins().iter().map(|p| p.info.clone()).collect(),
+            shadows: self.shared.shadows().iter().map(|s| s.record()).collect(),
         }
     }
 
@@ -189,8 +212,9 @@ impl Machine {
         let mut digest = self.results_digest.to_vec();
         digest.extend_from_slice(&pending.writes_digest);
         batch.put_meta(DIGEST, &digest);
-        if registry_changed {
+        if registry_changed || self.shadows_changed {
             batch.put_meta(REGISTRY, &self.registry().encode_to_vec());
+            self.shadows_changed = false;
         }
         let writes_digest = pending.writes_digest;
         drop(pending);
@@ -346,7 +370,11 @@ impl Machine {
                         Some(command::Kind::Activate(activate)) => {
                             self.flush(registry_changed)?;
                             self.collect_garbage(timestamp_ms, None)?;
-                            let result = self.apply_activate(log_id.index, activate)?;
+                            let result = if activate.shadow {
+                                self.apply_start_shadow(log_id.index, activate)?
+                            } else {
+                                self.apply_activate(log_id.index, activate)?
+                            };
                             registry_changed = matches!(result.kind, Some(command_result::Kind::Activated(_)));
                             vec![(log_id.index, result, responder)]
                         }
@@ -355,6 +383,12 @@ impl Machine {
                             self.collect_garbage(timestamp_ms, None)?;
                             let result = self.apply_retire(log_id.index, retire)?;
                             registry_changed = matches!(result.kind, Some(command_result::Kind::Retired(_)));
+                            vec![(log_id.index, result, responder)]
+                        }
+                        Some(command::Kind::EndShadow(end)) => {
+                            self.flush(registry_changed)?;
+                            let result = self.apply_end_shadow(log_id.index, end)?;
+                            registry_changed = !matches!(result.kind, Some(command_result::Kind::Rejected(_)));
                             vec![(log_id.index, result, responder)]
                         }
                         None => vec![(log_id.index, rejected("empty command"), responder)],
@@ -387,6 +421,8 @@ impl Machine {
         )>,
     > {
         let (entries, responders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let shadowed = self.shared.shadow(&plugin.info.name).is_some_and(|s| !s.stopped());
+        let for_shadow = shadowed.then(|| entries.clone());
         let started = Instant::now();
         let outcomes = lock(&plugin.apply).apply(entries).map_err(|e| {
             // A node fault (storage, engine): stop applying rather than record a result.
@@ -395,6 +431,9 @@ impl Machine {
         self.shared
             .metrics
             .count_apply(&plugin.info.name, started.elapsed(), &outcomes);
+        if let Some(entries) = for_shadow {
+            self.shadows_changed |= self.shadow_calls(&plugin.info.name, entries, &outcomes)?;
+        }
         // Test-only: a node whose plugin answers differently from its replicas' (as a
         // nondeterministic plugin would), which `cluster check` must catch.
         let perturbed = std::env::var("WASMRAFT_FAILPOINT").is_ok_and(|armed| armed == "apply-result-perturbed");

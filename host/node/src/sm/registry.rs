@@ -12,6 +12,7 @@ use wasmraft_store::Store;
 
 use super::backend::{ApplyBackend, ReadBackend, SharedPending};
 use super::compiler::Compiler;
+use super::shadow::Shadow;
 use super::engine::{BUILTIN_PREFIX, Code, Engine, builtin_name, missing_builtin};
 use super::{Machine, rejected};
 use crate::pb::{self, command_result};
@@ -41,17 +42,44 @@ impl ActivePlugin {
     pub(crate) fn new(
         shared: &Shared,
         pending: &SharedPending,
-        mut info: pb::RegisteredPlugin,
+        info: pb::RegisteredPlugin,
         bytes: &[u8],
     ) -> Result<Self, String> {
-        if info.space.is_empty() {
-            info.space = info.name.clone();
-        }
         let code = if info.sha256.starts_with(BUILTIN_PREFIX) {
             builtin(&info.sha256)?
         } else {
             Code::Component(shared.compiler.take(&info.sha256, bytes)?)
         };
+        Ok(Self::from_code(shared, pending, info, code, true))
+    }
+
+    /// This version as a shadow candidate (`info.space` its own): its writes stay out of the
+    /// writes digest.
+    pub(crate) fn candidate(
+        shared: &Shared,
+        pending: &SharedPending,
+        info: pb::RegisteredPlugin,
+        bytes: &[u8],
+    ) -> Result<Self, String> {
+        let code = Code::Component(shared.compiler.take(&info.sha256, bytes)?);
+        Ok(Self::from_code(shared, pending, info, code, false))
+    }
+
+    /// The same code under `info` (a promoted candidate), its writes in the digest.
+    pub(crate) fn promoted(&self, shared: &Shared, pending: &SharedPending, info: pb::RegisteredPlugin) -> Self {
+        Self::from_code(shared, pending, info, self.code.clone(), true)
+    }
+
+    fn from_code(
+        shared: &Shared,
+        pending: &SharedPending,
+        mut info: pb::RegisteredPlugin,
+        code: Code,
+        in_digest: bool,
+    ) -> Self {
+        if info.space.is_empty() {
+            info.space = info.name.clone();
+        }
         let apply_backend = {
             let (store, name, space, pending) = (
                 shared.store.clone(),
@@ -65,6 +93,7 @@ impl ActivePlugin {
                     name: name.clone(),
                     space: space.clone(),
                     pending: pending.clone(),
+                    in_digest,
                 })
             }
         };
@@ -79,12 +108,12 @@ impl ActivePlugin {
         };
         let apply = code.instance(&info.name, Box::new(apply_backend));
         let query = code.instance(&info.name, Box::new(read_backend));
-        Ok(Self {
+        Self {
             info,
             code,
             apply: Mutex::new(apply),
             query: Mutex::new(query),
-        })
+        }
     }
 
     /// The key space holding this plugin's pairs on this node.
@@ -101,6 +130,26 @@ impl ActivePlugin {
     pub fn query(&self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         lock(&self.query).query(request)
     }
+}
+
+/// The earlier versions of a plugin once `sha256` replaces `live` (each once, oldest first, at
+/// most [`MAX_HISTORY`]), and the versions that drop out.
+pub(super) fn history_after(live: Option<&ActivePlugin>, sha256: &str) -> (Vec<pb::Version>, Vec<String>) {
+    let mut history = live.map(|p| p.info.history.clone()).unwrap_or_default();
+    if let Some(live) = live {
+        history.retain(|v| v.sha256 != live.info.sha256);
+        history.push(pb::Version {
+            sha256: live.info.sha256.clone(),
+            label: live.info.label.clone(),
+            size: live.info.size,
+        });
+    }
+    history.retain(|v| v.sha256 != sha256);
+    let dropped = history
+        .drain(..history.len().saturating_sub(MAX_HISTORY))
+        .map(|v| v.sha256)
+        .collect();
+    (history, dropped)
 }
 
 /// The code of the built-in `sha256` names (`builtin:NAME`), if this node has it.
@@ -123,6 +172,8 @@ pub struct Shared {
     /// Counters of what the apply path did (scraped at `/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
     plugins: RwLock<BTreeMap<String, Arc<ActivePlugin>>>,
+    /// Shadow runs, by plugin name.
+    shadows: RwLock<BTreeMap<String, Arc<Shadow>>>,
     /// Written while an apply call's batch lands in RocksDB, read by queries: a query sees the
     /// state between two apply calls, never half of one.
     pub(crate) flush_lock: RwLock<()>,
@@ -141,6 +192,7 @@ impl Shared {
             store,
             runtime,
             plugins: RwLock::new(BTreeMap::new()),
+            shadows: RwLock::new(BTreeMap::new()),
             flush_lock: RwLock::new(()),
             digest: Mutex::new(digest),
             checkpoints: Mutex::default(),
@@ -186,11 +238,40 @@ impl Shared {
         plugins.insert(plugin.info.name.clone(), plugin);
     }
 
-    /// Whether a plugin runs the component `sha256`, or keeps it as an earlier version.
+    /// Whether a plugin runs the component `sha256`, keeps it as an earlier version, or runs it
+    /// in shadow.
     pub(super) fn uses_component(&self, sha256: &str) -> bool {
         self.plugins()
             .iter()
             .any(|p| p.info.sha256 == sha256 || p.info.history.iter().any(|v| v.sha256 == sha256))
+            || self.shadows().iter().any(|s| s.plugin.info.sha256 == sha256)
+    }
+
+    /// The shadow run of the plugin `name`, if any.
+    pub fn shadow(&self, name: &str) -> Option<Arc<Shadow>> {
+        self.shadows.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    pub fn shadows(&self) -> Vec<Arc<Shadow>> {
+        self.shadows
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn insert_shadow(&self, shadow: Arc<Shadow>) {
+        let mut shadows = self.shadows.write().unwrap_or_else(|p| p.into_inner());
+        shadows.insert(shadow.plugin.info.name.clone(), shadow);
+    }
+
+    pub(super) fn remove_shadow(&self, name: &str) -> Option<Arc<Shadow>> {
+        self.shadows.write().unwrap_or_else(|p| p.into_inner()).remove(name)
+    }
+
+    pub(crate) fn set_shadows(&self, shadows: BTreeMap<String, Arc<Shadow>>) {
+        *self.shadows.write().unwrap_or_else(|p| p.into_inner()) = shadows;
     }
 
     /// Stops serving the plugin `name`; returns it.
@@ -229,21 +310,7 @@ impl Machine {
         };
         let live = self.shared.plugin(&activate.name);
         let previous = live.as_ref().map(|p| p.info.sha256.clone());
-        // The versions before this one, each once, oldest first.
-        let mut history = live.as_ref().map(|p| p.info.history.clone()).unwrap_or_default();
-        if let Some(live) = &live {
-            history.retain(|v| v.sha256 != live.info.sha256);
-            history.push(pb::Version {
-                sha256: live.info.sha256.clone(),
-                label: live.info.label.clone(),
-                size: live.info.size,
-            });
-        }
-        history.retain(|v| v.sha256 != activate.sha256);
-        let dropped: Vec<String> = history
-            .drain(..history.len().saturating_sub(MAX_HISTORY))
-            .map(|v| v.sha256)
-            .collect();
+        let (history, dropped) = history_after(live.as_deref(), &activate.sha256);
         let info = pb::RegisteredPlugin {
             name: activate.name.clone(),
             sha256: activate.sha256.clone(),
@@ -316,7 +383,7 @@ impl Machine {
 impl Machine {
     /// Deletes the stored components of `versions` that no plugin runs or keeps as an earlier
     /// version (a snapshot file carries its own copy of the components it needs).
-    fn delete_unreferenced(&self, versions: impl IntoIterator<Item = String>) {
+    pub(super) fn delete_unreferenced(&self, versions: impl IntoIterator<Item = String>) {
         let mut pending = lock(&self.pending);
         for sha in versions {
             if !sha.starts_with(BUILTIN_PREFIX) && !self.shared.uses_component(&sha) {

@@ -19,6 +19,7 @@ impl BuildJob {
     /// applied is written); the build then reads only the view, so applying goes on.
     pub(crate) fn capture(core: &Machine, settings: &SnapshotSettings) -> BuildJob {
         let plugins = core.shared().plugins();
+        let shadows = core.shared().shadows();
         let header = pb::SnapshotHeader {
             format: FORMAT,
             last_log_id: core.applied().as_ref().map(log_id_to_pb),
@@ -31,12 +32,26 @@ impl BuildJob {
                         ..p.info.clone()
                     })
                     .collect(),
+                shadows: shadows
+                    .iter()
+                    .map(|s| {
+                        let mut record = s.record();
+                        if let Some(candidate) = &mut record.candidate {
+                            candidate.space.clear();
+                        }
+                        record
+                    })
+                    .collect(),
             }),
             digest: core.digest_bytes(),
         };
         let view = Arc::new(core.shared().store.view());
+        // Each plugin's section, then each running shadow's (a stopped one's state is not kept).
+        let running = shadows.iter().filter(|s| !s.stopped()).map(|s| s.plugin.clone());
         let plugins = plugins
             .iter()
+            .cloned()
+            .chain(running)
             .map(|p| {
                 let (view, space) = (view.clone(), p.space().to_string());
                 let engine = p.instance(move || -> Box<dyn KvBackend> {

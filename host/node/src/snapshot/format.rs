@@ -347,6 +347,7 @@ mod tests {
                     sha256: "builtin:kv-native".into(),
                     ..Default::default()
                 }],
+                shadows: Vec::new(),
             }),
             digest: vec![0; 64],
         }

@@ -5,12 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::format::*;
 use super::*;
+use crate::sm::Shadow;
+use wasmraft_store::Store;
 
 /// A snapshot restored next to the live state, waiting for the switch.
 pub(crate) struct Staged {
     pub header: pb::SnapshotHeader,
     /// The snapshot's plugins, each on its freshly restored key space.
     pub plugins: Vec<ActivePlugin>,
+    /// The snapshot's shadow runs, likewise (a stopped one's space stays empty).
+    pub shadows: Vec<Shadow>,
     /// Blobs other than components (pieces of uploads in progress): they replace this node's.
     pub blobs: Vec<(String, Vec<u8>)>,
     /// Uncompressed bytes read.
@@ -100,31 +104,38 @@ pub(crate) fn stage(shared: &Shared, pending: &SharedPending, file: &SnapshotFil
     for (info, component) in registry.plugins.into_iter().zip(components) {
         let live = shared.plugin(&info.name);
         let space = fresh_space(&info.name, index, live.as_ref().map(|p| p.space()));
-        let mut clear = store.batch();
-        clear.clear_space(&space);
-        store.write(clear).map_err(io_err)?;
         let name = info.name.clone();
         let info = pb::RegisteredPlugin { space, ..info };
+        clear_space(store, &info.space)?;
         let plugin =
             ActivePlugin::new(shared, pending, info, &component).map_err(|e| io_err(format!("plugin {name}: {e}")))?;
-        let staging = Arc::new(Mutex::new(Staging::new(store.clone(), plugin.space().to_string())));
-        let mut engine = plugin.instance({
-            let staging = staging.clone();
-            move || -> Box<dyn KvBackend> { Box::new(StagingBackend(staging.clone())) }
-        });
-        let mut chunks = SectionChunks {
-            r: &mut body,
-            error: None,
-        };
-        let restored = engine.restore(&mut chunks);
-        if let Some(e) = chunks.error {
-            return Err(e);
-        }
-        restored
-            .map_err(|e| io_err(format!("plugin {name}: {e}")))?
-            .map_err(|e| io_err(format!("plugin {name}: its restore export failed: {e}")))?;
-        lock(&staging).flush().map_err(io_err)?;
+        restore(store, &plugin, &mut body)?;
         plugins.push(plugin);
+    }
+    let mut shadows = Vec::with_capacity(registry.shadows.len());
+    for mut record in registry.shadows {
+        let candidate = record.candidate.take().unwrap_or_default();
+        let name = candidate.name.clone();
+        let component = store
+            .blob_get(&component_key(&candidate.sha256))
+            .map_err(io_err)?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "shadow {name}: component {} is not in the snapshot",
+                    candidate.sha256
+                ))
+            })?;
+        let live = shared.shadow(&name);
+        let space = fresh_space(&format!("{name}.shadow"), index, live.as_ref().map(|s| s.plugin.space()));
+        let info = pb::RegisteredPlugin { space, ..candidate };
+        clear_space(store, &info.space)?;
+        let plugin = ActivePlugin::candidate(shared, pending, info.clone(), &component)
+            .map_err(|e| io_err(format!("shadow {name}: {e}")))?;
+        if record.stopped_index.is_none() {
+            restore(store, &plugin, &mut body)?;
+        }
+        record.candidate = Some(info);
+        shadows.push(Shadow::new(plugin, record));
     }
     let mut rest = [0u8; 1];
     if body.read(&mut rest)? != 0 {
@@ -133,9 +144,35 @@ pub(crate) fn stage(shared: &Shared, pending: &SharedPending, file: &SnapshotFil
     Ok(Staged {
         header,
         plugins,
+        shadows,
         blobs,
         raw_bytes: body.bytes,
     })
+}
+
+fn clear_space(store: &Store, space: &str) -> io::Result<()> {
+    let mut clear = store.batch();
+    clear.clear_space(space);
+    store.write(clear).map_err(io_err)
+}
+
+/// Rebuilds `plugin`'s (fresh) space from its section of `body`, through its restore export.
+fn restore(store: &Store, plugin: &ActivePlugin, body: &mut impl Read) -> io::Result<()> {
+    let name = &plugin.info.name;
+    let staging = Arc::new(Mutex::new(Staging::new(store.clone(), plugin.space().to_string())));
+    let mut engine = plugin.instance({
+        let staging = staging.clone();
+        move || -> Box<dyn KvBackend> { Box::new(StagingBackend(staging.clone())) }
+    });
+    let mut chunks = SectionChunks { r: body, error: None };
+    let restored = engine.restore(&mut chunks);
+    if let Some(e) = chunks.error {
+        return Err(e);
+    }
+    restored
+        .map_err(|e| io_err(format!("plugin {name}: {e}")))?
+        .map_err(|e| io_err(format!("plugin {name}: its restore export failed: {e}")))?;
+    lock(&staging).flush().map_err(io_err)
 }
 
 /// One plugin section's chunks, read as the plugin's restore asks for them.
@@ -191,11 +228,16 @@ pub(crate) fn install(
     // The switch: one synced write replaces the live spaces, uploads in progress, applied
     // log id, membership, registry and digest; queries see the old state or the new one.
     let store = shared.store.clone();
-    let new_spaces: BTreeSet<&str> = staged.plugins.iter().map(|p| p.space()).collect();
+    let new_spaces: BTreeSet<&str> = (staged.plugins.iter().map(|p| p.space()))
+        .chain(staged.shadows.iter().map(|s| s.plugin.space()))
+        .collect();
     let mut batch = store.batch();
-    for old in shared.plugins() {
-        if !new_spaces.contains(old.space()) {
-            batch.clear_space(old.space());
+    let old_spaces: Vec<String> = (shared.plugins().iter().map(|p| p.space().to_string()))
+        .chain(shared.shadows().iter().map(|s| s.plugin.space().to_string()))
+        .collect();
+    for old in &old_spaces {
+        if !new_spaces.contains(old.as_str()) {
+            batch.clear_space(old);
         }
     }
     batch.delete_blob_prefix(UPLOADS);
@@ -215,6 +257,7 @@ pub(crate) fn install(
     );
     let registry = pb::Registry {
         plugins: staged.plugins.iter().map(|p| p.info.clone()).collect(),
+        shadows: staged.shadows.iter().map(|s| s.record()).collect(),
     };
     batch.put_meta(REGISTRY, &registry.encode_to_vec());
     let digest = &staged.header.digest;
@@ -227,10 +270,16 @@ pub(crate) fn install(
         .into_iter()
         .map(|p| (p.info.name.clone(), Arc::new(p)))
         .collect();
+    let shadows: BTreeMap<String, Arc<Shadow>> = staged
+        .shadows
+        .into_iter()
+        .map(|s| (s.plugin.info.name.clone(), Arc::new(s)))
+        .collect();
     {
         let _writing = shared.flush_lock.write().unwrap_or_else(|p| p.into_inner());
         store.write_synced(batch).map_err(io_err)?;
         shared.set_plugins(plugins);
+        shared.set_shadows(shadows);
     }
     failpoint("snapshot-install-switched");
     core.installed(meta.last_log_id, meta.last_membership.clone(), digest)?;
