@@ -132,7 +132,10 @@ pub async fn deploy(
             println!("deployed {name}{}", if shadow { " in shadow" } else { "" });
             println!("  sha256      {}", deployed.sha256);
             if shadow {
-                println!("  shadow from log index {} (see: wasmraft plugins shadow {name})", deployed.index);
+                println!(
+                    "  shadow from log index {} (see: wasmraft plugins shadow {name})",
+                    deployed.index
+                );
             } else {
                 println!("  activated   at log index {}", deployed.index);
             }
@@ -349,7 +352,10 @@ pub async fn shadow_status(endpoint: &str, name: String, as_json: bool) -> anyho
                 Err(e) => json!({"id": id, "unreachable": e}),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"plugin": name, "nodes": nodes}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"plugin": name, "nodes": nodes}))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mut shown = None;

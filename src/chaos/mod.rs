@@ -352,9 +352,17 @@ impl Run {
             .map_err(|s| anyhow::anyhow!("initializing the cluster: {}", s.message()))?;
         let leader = self.wait_leader().await?;
         let mut api = self.api(leader)?;
-        crate::deploy::deploy_bytes(&mut api, "kv", self.plugin.clone(), Vec::new(), "chaos-0", false, |_| {})
-            .await
-            .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
+        crate::deploy::deploy_bytes(
+            &mut api,
+            "kv",
+            self.plugin.clone(),
+            Vec::new(),
+            "chaos-0",
+            false,
+            |_| {},
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
         for k in 0..FILLER_KEYS {
             let value = noise(k, FILLER_BYTES);
             let put = format!(r#"{{"op":"put","key":"filler-{k}","value":"{value}"}}"#);

@@ -183,7 +183,12 @@ impl Machine {
                 .store
                 .blob_get(&component_key(&info.sha256))
                 .map_err(io_err)?
-                .ok_or_else(|| io_err(format!("shadow {}: component {} missing from blobs", info.name, info.sha256)))?;
+                .ok_or_else(|| {
+                    io_err(format!(
+                        "shadow {}: component {} missing from blobs",
+                        info.name, info.sha256
+                    ))
+                })?;
             let candidate = ActivePlugin::candidate(&self.shared, &self.pending, info.clone(), &bytes)
                 .map_err(|e| io_err(format!("shadow {}: {e}", info.name)))?;
             info!(plugin = %info.name, sha256 = %info.sha256, "shadow run loaded");

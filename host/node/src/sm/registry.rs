@@ -12,8 +12,8 @@ use wasmraft_store::Store;
 
 use super::backend::{ApplyBackend, ReadBackend, SharedPending};
 use super::compiler::Compiler;
-use super::shadow::Shadow;
 use super::engine::{BUILTIN_PREFIX, Code, Engine, builtin_name, missing_builtin};
+use super::shadow::Shadow;
 use super::{Machine, rejected};
 use crate::pb::{self, command_result};
 use crate::util::{io_err, lock};
@@ -249,7 +249,11 @@ impl Shared {
 
     /// The shadow run of the plugin `name`, if any.
     pub fn shadow(&self, name: &str) -> Option<Arc<Shadow>> {
-        self.shadows.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.shadows
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn shadows(&self) -> Vec<Arc<Shadow>> {

@@ -79,7 +79,9 @@ impl Machine {
     pub(super) fn apply_start_shadow(&mut self, index: u64, activate: pb::Activate) -> io::Result<pb::CommandResult> {
         let name = activate.name.clone();
         let Some(active) = self.shared.plugin(&name) else {
-            return Ok(rejected(format!("shadow: no plugin {name} is active (deploy it first)")));
+            return Ok(rejected(format!(
+                "shadow: no plugin {name} is active (deploy it first)"
+            )));
         };
         if let Some(shadow) = self.shared.shadow(&name) {
             return Ok(rejected(format!(
@@ -128,9 +130,8 @@ impl Machine {
             label: activate.label.clone(),
         };
         // Every voter compiled it before the entry was proposed (the deploy's barrier).
-        let candidate = ActivePlugin::candidate(&self.shared, &self.pending, info.clone(), &bytes).map_err(|e| {
-            io_err(format!("shadow {name} on this node: {e}"))
-        })?;
+        let candidate = ActivePlugin::candidate(&self.shared, &self.pending, info.clone(), &bytes)
+            .map_err(|e| io_err(format!("shadow {name} on this node: {e}")))?;
         let ctx = InitContext {
             previous_version: Some(active.info.sha256.clone()),
             config: activate.config.clone(),

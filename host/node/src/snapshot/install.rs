@@ -126,7 +126,11 @@ pub(crate) fn stage(shared: &Shared, pending: &SharedPending, file: &SnapshotFil
                 ))
             })?;
         let live = shared.shadow(&name);
-        let space = fresh_space(&format!("{name}.shadow"), index, live.as_ref().map(|s| s.plugin.space()));
+        let space = fresh_space(
+            &format!("{name}.shadow"),
+            index,
+            live.as_ref().map(|s| s.plugin.space()),
+        );
         let info = pb::RegisteredPlugin { space, ..candidate };
         clear_space(store, &info.space)?;
         let plugin = ActivePlugin::candidate(shared, pending, info.clone(), &component)
