@@ -152,8 +152,11 @@ pub async fn deploy(
 
 pub async fn plugins(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(endpoint).await?;
-    let plugins = match client.list_plugins(pb::ListPluginsRequest {}).await {
-        Ok(resp) => resp.into_inner().plugins,
+    let (plugins, shadows) = match client.list_plugins(pb::ListPluginsRequest {}).await {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            (resp.plugins, resp.shadows)
+        }
         Err(status) => return Ok(report(&status)),
     };
     let nodes = every_node(&mut client).await;
@@ -166,6 +169,12 @@ pub async fn plugins(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> 
                 v["name"] = json!(p.name);
                 v["activated_index"] = json!(p.activated_index);
                 v["earlier"] = p.history.iter().map(|e| version(&e.sha256, e.size, &e.label)).collect();
+                if let Some(shadow) = shadows
+                    .iter()
+                    .find(|s| s.candidate.as_ref().is_some_and(|c| c.name == p.name))
+                {
+                    v["shadow"] = shadow_json(shadow);
+                }
                 v
             })
             .collect();
@@ -206,6 +215,24 @@ pub async fn plugins(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> 
                 earlier.sha256,
                 earlier.size,
                 labelled(&earlier.label)
+            );
+        }
+        for shadow in shadows
+            .iter()
+            .filter(|s| s.candidate.as_ref().is_some_and(|c| c.name == p.name))
+        {
+            let candidate = shadow.candidate.clone().unwrap_or_default();
+            let state = match shadow.stopped_index {
+                Some(index) => format!("STOPPED at index {index}"),
+                None => format!("in shadow since index {}", shadow.started_index),
+            };
+            println!(
+                "{:>16} {}  {:>9} bytes  {state}{}  (wasmraft plugins shadow {})",
+                "shadow:",
+                candidate.sha256,
+                candidate.size,
+                labelled(&candidate.label),
+                p.name
             );
         }
     }

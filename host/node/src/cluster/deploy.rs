@@ -241,6 +241,7 @@ impl NodeInner {
             plugins,
             node: self.id,
             compiles,
+            shadows: self.shared.shadows().iter().map(|s| s.record()).collect(),
         }
     }
 }
