@@ -391,7 +391,7 @@ pub async fn shadow_status(endpoint: &str, name: String, as_json: bool) -> anyho
             Ok(pb::ShadowStatusResponse {
                 shadow: Some(record), ..
             }) => {
-                let s = record.stats.clone().unwrap_or_default();
+                let s = record.stats.unwrap_or_default();
                 let stopped = record.stopped_index.map_or(String::new(), |index| {
                     format!(", STOPPED at index {index}: {}", record.stopped_reason)
                 });
@@ -427,7 +427,7 @@ pub async fn shadow_status(endpoint: &str, name: String, as_json: bool) -> anyho
 }
 
 fn shadow_json(record: &pb::ShadowRecord) -> Value {
-    let s = record.stats.clone().unwrap_or_default();
+    let s = record.stats.unwrap_or_default();
     let candidate = record.candidate.clone().unwrap_or_default();
     json!({
         "sha256": candidate.sha256,
