@@ -379,7 +379,7 @@ pub async fn shadow_status(endpoint: &str, name: String, as_json: bool) -> anyho
                 Err(e) => json!({"id": id, "unreachable": e}),
             })
             .collect();
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&json!({"plugin": name, "nodes": nodes}))?
         );
@@ -395,33 +395,38 @@ pub async fn shadow_status(endpoint: &str, name: String, as_json: bool) -> anyho
                 let stopped = record.stopped_index.map_or(String::new(), |index| {
                     format!(", STOPPED at index {index}: {}", record.stopped_reason)
                 });
-                println!(
+                say!(
                     "node {id}: compared {}, equal {}, different {}, candidate errors {}; fuel: active {}, candidate {}{stopped}",
-                    s.compared, s.equal, s.different, s.candidate_errors, s.active_fuel, s.candidate_fuel
+                    s.compared,
+                    s.equal,
+                    s.different,
+                    s.candidate_errors,
+                    s.active_fuel,
+                    s.candidate_fuel
                 );
                 shown.get_or_insert(record.clone());
             }
-            Ok(_) => println!("node {id}: no shadow run of {name}"),
-            Err(e) => println!("node {id}: unreachable: {e}"),
+            Ok(_) => say!("node {id}: no shadow run of {name}"),
+            Err(e) => say!("node {id}: unreachable: {e}"),
         }
     }
     let Some(record) = shown else {
         return Ok(ExitCode::from(1));
     };
     let candidate = record.candidate.unwrap_or_default();
-    println!(
+    say!(
         "candidate {}{} in shadow since log index {}",
         candidate.sha256,
         labelled(&candidate.label),
         record.started_index
     );
     if !record.differences.is_empty() {
-        println!("first differences:");
+        say!("first differences:");
     }
     for d in &record.differences {
-        println!("  index {}: {}", d.index, String::from_utf8_lossy(&d.payload));
-        println!("    active     {}", d.active);
-        println!("    candidate  {}", d.candidate);
+        say!("  index {}: {}", d.index, String::from_utf8_lossy(&d.payload));
+        say!("    active     {}", d.active);
+        say!("    candidate  {}", d.candidate);
     }
     Ok(ExitCode::SUCCESS)
 }

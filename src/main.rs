@@ -1,5 +1,16 @@
 //! `wasmraft`: the command-line tool.
 
+/// `println!` that ends the program quietly, as a killed-by-SIGPIPE process would (status 141),
+/// when stdout is closed (`wasmraft ... | head`), instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 mod bench;
 mod chaos;
 mod client;
@@ -16,17 +27,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmraft_runtime::conformance::{self, Script};
 use wasmraft_runtime::{Limits, Runtime, RuntimeConfig};
-
-/// `println!` that ends the program quietly, as a killed-by-SIGPIPE process would (status 141),
-/// when stdout is closed (`wasmraft ... | head`), instead of panicking.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stdout(), $($arg)*).is_err() {
-            std::process::exit(141);
-        }
-    }};
-}
 
 #[derive(Parser)]
 #[command(

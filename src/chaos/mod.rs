@@ -304,6 +304,9 @@ where
     }
 }
 
+/// Writes between killing a follower and the leader's snapshot: more than the nodes' `keep_logs`.
+const CUT_FILLER_WRITES: u64 = 80;
+
 /// Filler state: enough that a snapshot transfer lasts a while at the nodes' send cap.
 const FILLER_KEYS: u64 = 24;
 const FILLER_BYTES: usize = 96 << 10;
@@ -632,12 +635,25 @@ impl Run {
             return Ok(());
         };
         self.procs.kill(follower);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Past the log tail the leader keeps below a snapshot (`keep_logs`), so the follower
+        // needs the snapshot to catch up.
         let mut api = self.api(leader)?;
+        for n in 0..CUT_FILLER_WRITES {
+            let put = format!(r#"{{"op":"put","key":"cut-filler-{n}","value":"{n}"}}"#);
+            let req = pb::CallRequest {
+                plugin: "kv".into(),
+                payload: put.into_bytes(),
+                session: None,
+            };
+            if tokio::time::timeout(ADMIN_TIMEOUT, api.call(req)).await.is_err() {
+                break;
+            }
+        }
         let snapshot = api.snapshot(pb::SnapshotRequest {});
         let _ = tokio::time::timeout(ADMIN_TIMEOUT, snapshot).await;
         self.procs.start(follower)?;
-        tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
+        // The process starts in about 0.3 s, then the transfer takes about 0.5 s at the send cap.
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
         self.cut(follower, true)?;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         if let Some(firewall) = &self.firewall {
