@@ -2,6 +2,7 @@
 //! percentiles; with `--compare-native`, the same workload against the kv logic compiled into the
 //! node (`builtin:kv-native`), in the same run, and the ratio.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +61,8 @@ enum BenchCommand {
 /// What one run measured.
 struct Outcome {
     ops: usize,
-    errors: usize,
+    /// Failed operations by status code.
+    errors: BTreeMap<String, u64>,
     elapsed: Duration,
     /// Latencies in microseconds.
     latencies: Histogram<u64>,
@@ -106,7 +108,7 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
             let mut seq = 0;
             let mut rng = SplitMix(c as u64 + 1);
             let mut latencies = histogram();
-            let mut errors = 0;
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             for _ in 0..ops {
                 let key = rng.next() % keys as u64;
                 let read = (rng.next() % 10_000) as f64 / 10_000.0 < read_ratio;
@@ -119,7 +121,7 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
                         consistency: consistency as i32,
                         shadow: false,
                     };
-                    api.query(req).await.is_ok()
+                    api.query(req).await.map(|_| ())
                 } else {
                     let payload = format!(r#"{{"op":"put","key":"k{key}","value":"{value}"}}"#).into_bytes();
                     seq += 1;
@@ -131,12 +133,12 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
                             seq,
                         }),
                     };
-                    client::call_retrying(&mut api, req).await.is_ok()
+                    client::call_retrying(&mut api, req).await.map(|_| ())
                 };
                 latencies.saturating_record(t.elapsed().as_micros() as u64);
                 done.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    errors += 1;
+                if let Err(status) = ok {
+                    *errors.entry(format!("{:?}", status.code())).or_default() += 1;
                 }
             }
             (latencies, errors)
@@ -152,11 +154,13 @@ async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
         })
     };
     let mut latencies = histogram();
-    let mut errors = 0;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for task in tasks {
         let (l, e) = task.await?;
         latencies.add(l)?;
-        errors += e;
+        for (code, n) in e {
+            *errors.entry(code).or_default() += n;
+        }
     }
     let elapsed = started.elapsed();
     ticker.abort();
@@ -177,8 +181,80 @@ fn print_row(label: &str, o: &Outcome) {
         o.percentile(0.50),
         o.percentile(0.99),
         o.percentile(0.999),
-        o.errors
+        o.errors.values().sum::<u64>()
     );
+}
+
+/// What the cluster's node processes and this client had used at one moment.
+#[derive(Default)]
+struct Usage {
+    /// CPU time of each node process (by pid: `wasmraft dev` runs every node in one).
+    server_cpu_micros: BTreeMap<u32, u64>,
+    client_cpu_micros: u64,
+    log_fsyncs: u64,
+    log_fsync_appends: u64,
+}
+
+/// This process's user and system CPU time.
+fn own_cpu_micros() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given when it returns 0; it is zeroed anyway.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
+/// Every member's usage, as each reports it (members that do not answer are left out).
+async fn usage(endpoint: &str) -> Usage {
+    let mut usage = Usage {
+        client_cpu_micros: own_cpu_micros(),
+        ..Usage::default()
+    };
+    let Ok(mut api) = client::connect(endpoint).await else {
+        return usage;
+    };
+    let Ok(status) = api.cluster_status(pb::ClusterStatusRequest {}).await else {
+        return usage;
+    };
+    for node in status.into_inner().nodes {
+        let Ok(mut api) = client::connect(&node.addr).await else {
+            continue;
+        };
+        if let Ok(s) = api.cluster_status(pb::ClusterStatusRequest {}).await
+            && let Some(u) = s.into_inner().usage
+        {
+            usage.server_cpu_micros.insert(u.pid, u.cpu_micros);
+            usage.log_fsyncs += u.log_fsyncs;
+            usage.log_fsync_appends += u.log_fsync_appends;
+        }
+    }
+    usage
+}
+
+/// What one operation cost between `before` and `after`.
+fn print_cost(before: &Usage, after: &Usage, ops: usize) {
+    let ops = ops.max(1) as f64;
+    let server: u64 = after
+        .server_cpu_micros
+        .iter()
+        .map(|(pid, cpu)| cpu.saturating_sub(before.server_cpu_micros.get(pid).copied().unwrap_or(*cpu)))
+        .sum();
+    let client = after.client_cpu_micros.saturating_sub(before.client_cpu_micros);
+    let mut line = format!(
+        "  cost per op: server CPU {:.0} us ({} node processes), client CPU {:.0} us",
+        server as f64 / ops,
+        after.server_cpu_micros.len(),
+        client as f64 / ops
+    );
+    let fsyncs = after.log_fsyncs.saturating_sub(before.log_fsyncs);
+    if fsyncs > 0 {
+        let appends = after.log_fsync_appends.saturating_sub(before.log_fsync_appends);
+        line += &format!("; {:.1} log appends per fsync", appends as f64 / fsyncs as f64);
+    }
+    println!("{line}");
 }
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -205,11 +281,17 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
         "{:<12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "plugin", "ops", "ops/s", "p50 ms", "p99 ms", "p999 ms", "errors"
     );
+    let before = usage(&args.endpoint).await;
     let wasm = run_once(&args, &args.plugin).await?;
+    let after = usage(&args.endpoint).await;
     print_row(&args.plugin, &wasm);
+    print_cost(&before, &after, wasm.ops);
     if args.compare_native {
+        let before = usage(&args.endpoint).await;
         let native = run_once(&args, "native-kv").await?;
+        let after = usage(&args.endpoint).await;
         print_row("native-kv", &native);
+        print_cost(&before, &after, native.ops);
         println!(
             "{} / native-kv: {:.2}x ops/s, p50 {:.2}x",
             args.plugin,
@@ -217,9 +299,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
             wasm.percentile(0.5) / native.percentile(0.5).max(f64::MIN_POSITIVE)
         );
     }
-    let errors = wasm.errors;
-    if errors > 0 {
-        eprintln!("warning: {errors} operations failed");
+    if !wasm.errors.is_empty() {
+        let by_code: Vec<String> = wasm.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+        eprintln!("warning: operations failed, by status code: {}", by_code.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -260,6 +260,11 @@ impl Metrics {
         self.recording.load(Ordering::Relaxed)
     }
 
+    /// Log fsyncs so far, and the appends they covered.
+    pub fn fsync_counts(&self) -> (u64, u64) {
+        (self.fsyncs.get(), self.fsync_appends.get())
+    }
+
     /// Records one log fsync that covered `appends` appends and took `took`.
     pub fn observe_fsync(&self, appends: usize, took: Duration) {
         if !self.recording() {

@@ -158,6 +158,33 @@ impl NodeInner {
             digest_index,
             joint: membership.get_joint_config().len() > 1,
             snapshot: Some(self.snapshot_status()),
+            usage: Some(self.usage()),
+        }
+    }
+
+    /// This process's CPU time and memory, and the log's fsyncs.
+    fn usage(&self) -> pb::NodeUsage {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage fills the struct it is given when it returns 0; it is zeroed anyway.
+        let usage = unsafe {
+            libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+            usage.assume_init()
+        };
+        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        // The second field of /proc/self/statm: resident pages.
+        let rss_pages: u64 = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+        let (log_fsyncs, log_fsync_appends) = self.shared.metrics.fsync_counts();
+        pb::NodeUsage {
+            pid: std::process::id(),
+            cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
+            rss_bytes: rss_pages * page,
+            log_fsyncs,
+            log_fsync_appends,
         }
     }
 
