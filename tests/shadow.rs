@@ -309,4 +309,15 @@ async fn a_hostile_candidate_in_shadow_is_stopped_and_the_active_plugin_answers_
     }
     let digests = cluster.converged().await;
     assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+
+    // Removing the plugin ends its shadow run too.
+    let mut args = deploy_shadow(wasmraft::plugins::FIXTURE_KV_DIVERGENT).to_vec();
+    args.push("v2");
+    let out = cluster.cli(&args).await;
+    assert!(out.status.success(), "deploy --shadow: {}", common::stderr(&out));
+    let out = cluster.cli(&["plugins", "remove", "kv", "--yes"]).await;
+    assert!(out.status.success(), "remove: {}", common::stderr(&out));
+    cluster.converged().await;
+    let out = cluster.cli(&["plugins", "shadow", "kv", "--json"]).await;
+    assert!(shadow_view_is_empty(&common::stdout(&out)), "{}", common::stdout(&out));
 }

@@ -371,6 +371,11 @@ impl Machine {
             return Ok(rejected(format!("remove: no plugin {} is active", retire.name)));
         };
         lock(&self.pending).batch.clear_space(plugin.space());
+        // Its shadow run, if any, goes with it.
+        if let Some(shadow) = self.shared.remove_shadow(&retire.name) {
+            lock(&self.pending).batch.clear_space(shadow.plugin.space());
+            self.delete_unreferenced([shadow.plugin.info.sha256.clone()]);
+        }
         let versions =
             std::iter::once(plugin.info.sha256.clone()).chain(plugin.info.history.iter().map(|v| v.sha256.clone()));
         self.delete_unreferenced(versions);
