@@ -413,6 +413,7 @@ fn plugin_test(
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
     };
+    let builtin_script = script.is_none();
     let script = match &script {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -436,6 +437,13 @@ fn plugin_test(
     let failed = report.checks.iter().filter(|c| c.outcome.is_err()).count();
     say!("plugin test: {} passed, {failed} failed", report.checks.len() - failed);
     if let Some(check) = report.failure() {
+        if builtin_script {
+            eprintln!(
+                "note: without --script, the built-in script speaks the kv command language \
+                 ({{\"op\":\"put\",...}}); for another plugin, give its own: --script FILE.jsonl \
+                 (docs/writing-plugins.md)"
+            );
+        }
         eprintln!(
             "error: check `{}` failed: {}",
             check.name,

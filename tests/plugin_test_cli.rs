@@ -169,3 +169,28 @@ fn reference_comparison_passes_for_another_language_and_fails_for_a_divergent_pl
         run.stderr
     );
 }
+
+#[test]
+fn without_a_script_a_plugin_that_is_not_kv_is_told_the_built_in_script_is_kv() {
+    let run = plugin_test(&[plugins::COUNTER]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("the built-in script speaks the kv command language")
+            && run.stderr.contains("--script"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_script_with_an_apply_after_a_query_is_refused_naming_both_lines() {
+    let file = script("{\"apply\":\"a\"}\n{\"query\":\"a\"}\n{\"apply\":\"b\"}\n");
+    let run = plugin_test(&[plugins::COUNTER, "--script", file.path().to_str().unwrap()]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("script line 3: an apply after the query at line 2"),
+        "{}",
+        run.stderr
+    );
+}

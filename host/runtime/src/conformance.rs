@@ -93,6 +93,13 @@ impl Script {
                 expect,
             };
             if kind == "apply" {
+                if let Some(query) = script.queries.first() {
+                    return Err(format!(
+                        "script line {line_no}: an apply after the query at line {}: queries run after every \
+                         apply, against the final state, so write them last",
+                        query.line
+                    ));
+                }
                 script.applies.push(step);
             } else {
                 script.queries.push(step);
