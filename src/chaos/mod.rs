@@ -660,10 +660,14 @@ impl Run {
             firewall.heal()?;
         }
         let addr = self.addr(follower);
-        let installed = until("", Duration::from_secs(10), || async {
-            let snapshot = status(&addr).await?.snapshot?;
-            (snapshot.installed > 0).then_some(snapshot)
-        })
+        let installed = until(
+            "the follower to install a snapshot",
+            Duration::from_secs(10),
+            || async {
+                let snapshot = status(&addr).await?.snapshot?;
+                (snapshot.installed > 0).then_some(snapshot)
+            },
+        )
         .await;
         if let Ok(snapshot) = installed {
             *self.seen.entry("snapshots installed after a restart").or_default() += 1;
