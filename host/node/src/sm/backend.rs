@@ -143,26 +143,36 @@ impl KvBackend for ApplyBackend {
     }
 }
 
-/// A plugin's kv space as queries see it: what RocksDB holds.
-pub(crate) struct ReadBackend {
-    pub store: Store,
+/// A plugin's kv space as queries see it: the RocksDB view (a point-in-time snapshot) the query
+/// was given, taken between two apply calls. One per query instance; the view changes per query.
+pub(crate) struct QueryBackend {
     pub space: String,
+    pub view: QueryView,
 }
 
-impl KvBackend for ReadBackend {
+/// The view a query instance reads (none between queries).
+pub(crate) type QueryView = Arc<Mutex<Option<Arc<View>>>>;
+
+impl QueryBackend {
+    fn view(&self) -> Result<Arc<View>, BackendError> {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        view.ok_or_else(|| BackendError("a query instance read outside a query".into()))
+    }
+}
+
+impl KvBackend for QueryBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        self.store.data_get(&self.space, key).map_err(backend_err)
+        self.view()?.data_get(&self.space, key).map_err(backend_err)
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, BackendError> {
-        self.store
+        self.view()?
             .data_scan(&self.space, start, end, limit)
             .map_err(backend_err)
     }
 
     fn commit(&mut self, _writes: WriteSet) -> Result<(), BackendError> {
-        // The runtime never commits a query's writes; reaching this is a bug in the caller.
-        Err(BackendError("the query backend is read-only".into()))
+        Err(BackendError("queries are read-only".into()))
     }
 }
 

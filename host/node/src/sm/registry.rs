@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{error, info};
 use wasmraft_runtime::{InitContext, KvBackend, PluginError, Runtime, RuntimeError};
-use wasmraft_store::Store;
+use wasmraft_store::{Store, View};
 
-use super::backend::{ApplyBackend, ReadBackend, SharedPending};
+use super::backend::{ApplyBackend, QueryBackend, QueryView, SharedPending};
 use super::compiler::Compiler;
 use super::engine::{BUILTIN_PREFIX, Code, Engine, builtin_name, missing_builtin};
 use super::shadow::Shadow;
@@ -27,13 +27,17 @@ pub(crate) fn component_key(sha256: &str) -> String {
     format!("component/{sha256}")
 }
 
-/// A plugin active under a name: its code, one instance for the apply path, one for queries.
+/// Idle query instances a plugin keeps (more are made while queries run concurrently).
+const IDLE_QUERY_INSTANCES: usize = 4;
+
+/// A plugin active under a name: its code, one instance for the apply path, a pool for queries.
 pub struct ActivePlugin {
     pub info: pb::RegisteredPlugin,
-    /// The compiled component (or built-in), for more instances (snapshots).
+    /// The compiled component (or built-in), for more instances (snapshots, queries).
     code: Code,
     pub(super) apply: Mutex<Engine>,
-    query: Mutex<Engine>,
+    /// Idle query instances, each with the view slot its backend reads.
+    queries: Mutex<Vec<(Engine, QueryView)>>,
 }
 
 impl ActivePlugin {
@@ -97,22 +101,12 @@ impl ActivePlugin {
                 })
             }
         };
-        let read_backend = {
-            let (store, space) = (shared.store.clone(), info.space.clone());
-            move || -> Box<dyn KvBackend> {
-                Box::new(ReadBackend {
-                    store: store.clone(),
-                    space: space.clone(),
-                })
-            }
-        };
         let apply = code.instance(&info.name, Box::new(apply_backend));
-        let query = code.instance(&info.name, Box::new(read_backend));
         Self {
             info,
             code,
             apply: Mutex::new(apply),
-            query: Mutex::new(query),
+            queries: Mutex::new(Vec::new()),
         }
     }
 
@@ -126,9 +120,30 @@ impl ActivePlugin {
         self.code.instance(&self.info.name, Box::new(backend))
     }
 
-    /// Runs a read-only query against what this node has applied.
-    pub fn query(&self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
-        lock(&self.query).query(request)
+    /// Runs a read-only query against `view`, on an idle query instance (or a new one).
+    pub fn query(&self, view: Arc<View>, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+        let idle = lock(&self.queries).pop();
+        let (mut engine, slot) = idle.unwrap_or_else(|| {
+            let slot = QueryView::default();
+            let backend = {
+                let (space, slot) = (self.info.space.clone(), slot.clone());
+                move || -> Box<dyn KvBackend> {
+                    Box::new(QueryBackend {
+                        space: space.clone(),
+                        view: slot.clone(),
+                    })
+                }
+            };
+            (self.code.instance(&self.info.name, Box::new(backend)), slot)
+        });
+        *lock(&slot) = Some(view);
+        let answer = engine.query(request);
+        *lock(&slot) = None;
+        let mut idle = lock(&self.queries);
+        if idle.len() < IDLE_QUERY_INSTANCES {
+            idle.push((engine, slot));
+        }
+        answer
     }
 }
 
@@ -226,10 +241,14 @@ impl Shared {
         lock(&self.checkpoints).iter().cloned().collect()
     }
 
-    /// Answers a query under the flush lock, so it sees whole apply calls only.
+    /// Answers a query from a view taken under the flush lock, so it sees whole apply calls only;
+    /// the plugin runs outside the lock, and queries run side by side.
     pub fn query(&self, plugin: &ActivePlugin, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
-        let _still = self.flush_lock.read().unwrap_or_else(|p| p.into_inner());
-        plugin.query(request)
+        let view = {
+            let _between_applies = self.flush_lock.read().unwrap_or_else(|p| p.into_inner());
+            Arc::new(self.store.view())
+        };
+        plugin.query(view, request)
     }
 
     /// Makes `plugin` the active one under its name.
