@@ -193,6 +193,8 @@ struct Usage {
     client_cpu_micros: u64,
     log_fsyncs: u64,
     log_fsync_appends: u64,
+    apply_calls: u64,
+    apply_entries: u64,
 }
 
 /// This process's user and system CPU time.
@@ -229,6 +231,8 @@ async fn usage(endpoint: &str) -> Usage {
             usage.server_cpu_micros.insert(u.pid, u.cpu_micros);
             usage.log_fsyncs += u.log_fsyncs;
             usage.log_fsync_appends += u.log_fsync_appends;
+            usage.apply_calls += u.apply_calls;
+            usage.apply_entries += u.apply_entries;
         }
     }
     usage
@@ -253,6 +257,11 @@ fn print_cost(before: &Usage, after: &Usage, ops: usize) {
     if fsyncs > 0 {
         let appends = after.log_fsync_appends.saturating_sub(before.log_fsync_appends);
         line += &format!("; {:.1} log appends per fsync", appends as f64 / fsyncs as f64);
+    }
+    let calls = after.apply_calls.saturating_sub(before.apply_calls);
+    if calls > 0 {
+        let entries = after.apply_entries.saturating_sub(before.apply_entries);
+        line += &format!("; {:.1} entries per plugin apply call", entries as f64 / calls as f64);
     }
     println!("{line}");
 }

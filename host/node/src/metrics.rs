@@ -5,7 +5,7 @@
 //!   snapshot counters, plugins and compiles, RocksDB sizes): [`Metrics::encode`] takes them as a
 //!   [`Scraped`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +90,9 @@ pub struct Metrics {
     scraped: Arc<Mutex<Scraped>>,
     /// Off: nothing is recorded (a node that serves no metrics pays nothing for them).
     recording: AtomicBool,
+    /// Plugin apply calls and the entries they carried, over every plugin (for `wasmraft bench`).
+    apply_calls_total: AtomicU64,
+    apply_entries_total: AtomicU64,
     /// Log fsyncs (one covers every append queued before it).
     fsyncs: Counter,
     /// Appends covered by those fsyncs (their ratio: appends per fsync).
@@ -128,6 +131,8 @@ impl Default for Metrics {
             registry: Registry::default(),
             scraped: Arc::default(),
             recording: AtomicBool::new(true),
+            apply_calls_total: AtomicU64::new(0),
+            apply_entries_total: AtomicU64::new(0),
             fsyncs: Counter::default(),
             fsync_appends: Counter::default(),
             fsync_seconds: latency_histogram(),
@@ -260,6 +265,14 @@ impl Metrics {
         self.recording.load(Ordering::Relaxed)
     }
 
+    /// Plugin apply calls so far, and the entries they carried.
+    pub fn apply_counts(&self) -> (u64, u64) {
+        (
+            self.apply_calls_total.load(Ordering::Relaxed),
+            self.apply_entries_total.load(Ordering::Relaxed),
+        )
+    }
+
     /// Log fsyncs so far, and the appends they covered.
     pub fn fsync_counts(&self) -> (u64, u64) {
         (self.fsyncs.get(), self.fsync_appends.get())
@@ -299,6 +312,9 @@ impl Metrics {
         if !self.recording() {
             return;
         }
+        self.apply_calls_total.fetch_add(1, Ordering::Relaxed);
+        self.apply_entries_total
+            .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
         let labels = PluginLabels { plugin: plugin.into() };
         self.apply_calls.get_or_create(&labels).inc();
         self.apply_seconds.get_or_create(&labels).observe(took.as_secs_f64());

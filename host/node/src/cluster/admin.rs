@@ -179,12 +179,15 @@ impl NodeInner {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
         let (log_fsyncs, log_fsync_appends) = self.shared.metrics.fsync_counts();
+        let (apply_calls, apply_entries) = self.shared.metrics.apply_counts();
         pb::NodeUsage {
             pid: std::process::id(),
             cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
             rss_bytes: rss_pages * page,
             log_fsyncs,
             log_fsync_appends,
+            apply_calls,
+            apply_entries,
         }
     }
 
