@@ -197,22 +197,10 @@ struct Usage {
     apply_entries: u64,
 }
 
-/// This process's user and system CPU time.
-fn own_cpu_micros() -> u64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given when it returns 0; it is zeroed anyway.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    micros(usage.ru_utime) + micros(usage.ru_stime)
-}
-
 /// Every member's usage, as each reports it (members that do not answer are left out).
 async fn usage(endpoint: &str) -> Usage {
     let mut usage = Usage {
-        client_cpu_micros: own_cpu_micros(),
+        client_cpu_micros: wasmraft_node::process_cpu_micros(),
         ..Usage::default()
     };
     let Ok(mut api) = client::connect(endpoint).await else {

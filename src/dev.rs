@@ -15,20 +15,22 @@ use wasmraft_runtime::Limits;
 
 use crate::client;
 
-/// Waits until `check` holds, polling, or fails after `timeout` with `what`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+/// Waits until `check` gives a value (polling), or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + timeout;
-    while !check().await {
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
         if Instant::now() > deadline {
             anyhow::bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
 }
 
 pub struct DevOptions {
@@ -77,7 +79,7 @@ pub async fn dev(opts: DevOptions) -> anyhow::Result<ExitCode> {
             .map_err(|s| anyhow::anyhow!("initializing the cluster: {}", s.message()))?;
     }
     wait_for("a leader", Duration::from_secs(20), || async {
-        nodes[0].inner.leader().is_some()
+        nodes[0].inner.leader().map(|_| ())
     })
     .await?;
 

@@ -97,7 +97,7 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
         .await
         .map_err(|s| anyhow::anyhow!("initializing: {}", s.message()))?;
     wait_for("a leader", Duration::from_secs(20), || async {
-        leader.inner.leader().is_some()
+        leader.inner.leader().map(|_| ())
     })
     .await?;
     let endpoint = leader.addr().to_string();
@@ -165,7 +165,7 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
             );
             last_report = Instant::now();
         }
-        async move { status.installed >= 1 }
+        async move { (status.installed >= 1).then_some(()) }
     })
     .await?;
     let status = learner.inner.status().snapshot.unwrap_or_default();

@@ -21,6 +21,21 @@ async fn shadow_view(cluster: &Cluster, name: &str) -> Vec<Value> {
     view["nodes"].as_array().unwrap().clone()
 }
 
+/// Asks kv's shadow candidate `request`.
+async fn query_shadow(
+    api: &mut pb::api_client::ApiClient<tonic::transport::Channel>,
+    request: &str,
+    consistency: Consistency,
+) -> pb::QueryResponse {
+    let req = pb::QueryRequest {
+        plugin: "kv".into(),
+        request: request.as_bytes().to_vec(),
+        consistency: consistency as i32,
+        shadow: true,
+    };
+    api.query(req).await.unwrap().into_inner()
+}
+
 fn deploy_shadow(path: &str) -> [&str; 5] {
     ["deploy", "kv", path, "--shadow", "--label"]
 }
@@ -142,16 +157,7 @@ async fn a_shadow_reports_exactly_the_differing_entries_on_every_node_and_promot
 
     // The candidate answers queries on its own state.
     let mut api = cluster.nodes[0].api().await;
-    let read = api
-        .query(pb::QueryRequest {
-            plugin: "kv".into(),
-            request: br#"{"op":"get","key":"last"}"#.to_vec(),
-            consistency: Consistency::Linearizable as i32,
-            shadow: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let read = query_shadow(&mut api, r#"{"op":"get","key":"last"}"#, Consistency::Linearizable).await;
     assert_eq!(String::from_utf8_lossy(&read.result), r#"{"value":"1"}"#);
     assert!(read.applied_index >= last);
 
@@ -234,16 +240,7 @@ async fn a_snapshot_carries_the_shadow_to_a_node_that_joins() {
     }
     // The learner's candidate has the state too.
     let mut api = cluster.nodes[i].api().await;
-    let read = api
-        .query(pb::QueryRequest {
-            plugin: "kv".into(),
-            request: br#"{"op":"get","key":"k28"}"#.to_vec(),
-            consistency: Consistency::Local as i32,
-            shadow: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let read = query_shadow(&mut api, r#"{"op":"get","key":"k28"}"#, Consistency::Local).await;
     assert_eq!(String::from_utf8_lossy(&read.result), r#"{"value":"28"}"#);
 }
 

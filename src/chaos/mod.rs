@@ -24,6 +24,7 @@ use wasmraft::linearizability::{Client, History, SessionRetry, lazy_api};
 use wasmraft::workload::{SplitMix, noise};
 use wasmraft_node::pb::{self, api_client::ApiClient};
 
+use crate::dev::wait_for;
 use procs::{Firewall, Procs};
 
 #[derive(clap::Args)]
@@ -286,24 +287,6 @@ async fn status(addr: &str) -> Option<pb::ClusterStatusResponse> {
     Some(status.into_inner())
 }
 
-/// Waits until `check` gives a value, or fails after `timeout` naming `what`.
-async fn until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Writes between killing a follower and the leader's snapshot: more than the nodes' `keep_logs`.
 const CUT_FILLER_WRITES: u64 = 80;
 
@@ -339,7 +322,7 @@ impl Run {
     }
 
     async fn wait_leader(&self) -> anyhow::Result<u64> {
-        until("a leader", Duration::from_secs(30), || self.leader()).await
+        wait_for("a leader", Duration::from_secs(30), || self.leader()).await
     }
 
     /// Starts the voters, initializes the cluster, deploys the plugin and writes the filler.
@@ -348,7 +331,7 @@ impl Run {
             self.procs.start(id)?;
         }
         let first = self.addr(1);
-        until("node 1 to answer", Duration::from_secs(30), || status(&first)).await?;
+        wait_for("node 1 to answer", Duration::from_secs(30), || status(&first)).await?;
         self.api(1)?
             .init(pb::InitRequest::default())
             .await
@@ -385,7 +368,7 @@ impl Run {
     /// check the history, and compare the replicas.
     async fn schedule(&mut self, args: &ChaosArgs, seed: u64) -> anyhow::Result<Outcome> {
         let history = History::new();
-        let until_at = Instant::now() + Duration::from_secs_f64(args.duration_per_schedule);
+        let end_at = Instant::now() + Duration::from_secs_f64(args.duration_per_schedule);
         let keys: Vec<String> = (0..5).map(|k| format!("s{seed}-k{k}")).collect();
         let addrs: Vec<String> = (1..=4).map(|id| self.addr(id)).collect();
         let clients: Vec<_> = (0..args.clients)
@@ -396,7 +379,7 @@ impl Run {
                     keys: keys.clone(),
                     seed: seed.wrapping_mul(1000) + u64::from(c),
                     ops: usize::MAX,
-                    until: Some(until_at),
+                    until: Some(end_at),
                     timeout: Duration::from_secs(3),
                     sessions: Some(SessionRetry {
                         client: format!("chaos-{seed}-{c}"),
@@ -409,7 +392,7 @@ impl Run {
         let mut rng = SplitMix(seed);
         let mut faults = Vec::new();
         let mut failure = None;
-        while Instant::now() < until_at && failure.is_none() {
+        while Instant::now() < end_at && failure.is_none() {
             tokio::time::sleep(Duration::from_millis(200 + rng.below(600))).await;
             match self.fault(&mut rng).await {
                 Ok(kind) => faults.push(kind),
@@ -457,7 +440,7 @@ impl Run {
         }
         let leader = self.wait_leader().await?;
         let voters: Vec<String> = self.voters.iter().map(|id| self.addr(*id)).collect();
-        until("every voter to apply the same log", Duration::from_secs(60), || {
+        wait_for("every voter to apply the same log", Duration::from_secs(60), || {
             let voters = voters.clone();
             async move {
                 let mut seen = BTreeSet::new();
@@ -587,7 +570,7 @@ impl Run {
         self.procs.wipe(spare)?;
         self.procs.start(spare)?;
         let spare_addr = self.addr(spare);
-        until("the spare to answer", Duration::from_secs(30), || status(&spare_addr)).await?;
+        wait_for("the spare to answer", Duration::from_secs(30), || status(&spare_addr)).await?;
         let mut api = self.api(leader)?;
         let add = api.add_learner(pb::AddLearnerRequest {
             id: spare,
@@ -602,7 +585,7 @@ impl Run {
             let _ = tokio::time::timeout(ADMIN_TIMEOUT, change).await;
         }
         // Whatever the calls answered, the membership is what the leader says it is now.
-        let (voters, learners) = until("the membership change to settle", Duration::from_secs(30), || async {
+        let (voters, learners) = wait_for("the membership change to settle", Duration::from_secs(30), || async {
             let leader = self.leader().await?;
             let s = status(&self.addr(leader)).await?;
             (!s.joint).then_some(())?;
@@ -660,7 +643,7 @@ impl Run {
             firewall.heal()?;
         }
         let addr = self.addr(follower);
-        let installed = until(
+        let installed = wait_for(
             "the follower to install a snapshot",
             Duration::from_secs(10),
             || async {

@@ -51,12 +51,20 @@ impl NodeProc {
     }
 }
 
-impl Drop for NodeProc {
-    fn drop(&mut self) {
+impl NodeProc {
+    /// SIGKILL: no shutdown, no flush.
+    fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused = false;
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -157,12 +165,7 @@ max_send_bytes_per_sec = 4000000
 
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(&mut self, id: u64) {
-        let node = self.node_mut(id);
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        node.paused = false;
+        self.node_mut(id).kill();
     }
 
     /// Kills node `id` and deletes its data: a node retired from the cluster.

@@ -31,7 +31,7 @@ pub mod pb {
     tonic::include_proto!("wasmraft.v1");
 }
 
-pub use cluster::{DEPLOY_CHUNK_BYTES, Member, NodeInner, diverged};
+pub use cluster::{DEPLOY_CHUNK_BYTES, Member, NodeInner, diverged, process_cpu_micros};
 pub use node::{Node, NodeConfig, RaftConfig};
 pub use raft::{Faults, LinkFault, LogStore, Raft, StateMachine};
 pub use sm::BUILTINS;

@@ -164,13 +164,6 @@ impl NodeInner {
 
     /// This process's CPU time and memory, and the log's fsyncs.
     fn usage(&self) -> pb::NodeUsage {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: getrusage fills the struct it is given when it returns 0; it is zeroed anyway.
-        let usage = unsafe {
-            libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-            usage.assume_init()
-        };
-        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
         // The second field of /proc/self/statm: resident pages.
         let rss_pages: u64 = std::fs::read_to_string("/proc/self/statm")
             .ok()
@@ -182,7 +175,7 @@ impl NodeInner {
         let (apply_calls, apply_entries) = self.shared.metrics.apply_counts();
         pb::NodeUsage {
             pid: std::process::id(),
-            cpu_micros: micros(usage.ru_utime) + micros(usage.ru_stime),
+            cpu_micros: process_cpu_micros(),
             rss_bytes: rss_pages * page,
             log_fsyncs,
             log_fsync_appends,
@@ -390,6 +383,18 @@ pub fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) 
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => AdminError::Moved(forward.to_string()),
         e => AdminError::Failed(Status::failed_precondition(e.to_string())),
     }
+}
+
+/// This process's user and system CPU time, in microseconds.
+pub fn process_cpu_micros() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given when it returns 0; it is zeroed anyway.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
 }
 
 #[cfg(test)]

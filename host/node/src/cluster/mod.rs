@@ -16,7 +16,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use tonic::Status;
 
-pub use admin::{AdminError, check_member_addr, membership_error};
+pub use admin::{AdminError, check_member_addr, membership_error, process_cpu_micros};
 pub(crate) use deploy::control_outcome;
 pub use deploy::{DEPLOY_CHUNK_BYTES, PREPARE_TIMEOUT};
 pub use overview::{Member, diverged};
