@@ -11,6 +11,7 @@ fn main() {
     for path in [
         "plugins",
         "guest-sdk",
+        "sdk",
         "wit",
         "build/plugins.rs",
         "tools/venv/bin/componentize-py",

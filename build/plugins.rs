@@ -95,15 +95,16 @@ pub fn enclosing_target_dir(dir: &Path) -> Option<PathBuf> {
     dir.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf)
 }
 
-/// The kv plugin in other languages: `(name, sources under plugins/, command)`. Each command gets
-/// the output path appended; tools come from `tools/` (installed by `./dev.sh setup`).
-fn polyglot_plugins(repo: &Path) -> Vec<(&'static str, PathBuf, Vec<String>)> {
+/// The kv plugin in other languages: `(name, source dirs, command)`. Each command gets the output
+/// path appended; tools come from `tools/` (installed by `./dev.sh setup`). A plugin is rebuilt
+/// when any of its source dirs (its own, and the SDK it uses) is newer than its component.
+fn polyglot_plugins(repo: &Path) -> Vec<(&'static str, Vec<PathBuf>, Vec<String>)> {
     let tools = repo.join("tools");
     let path = |p: PathBuf| p.display().to_string();
     vec![
         (
             "kv-py",
-            repo.join("plugins/kv-py"),
+            vec![repo.join("plugins/kv-py")],
             vec![
                 path(tools.join("venv/bin/componentize-py")),
                 "-d".into(),
@@ -119,7 +120,7 @@ fn polyglot_plugins(repo: &Path) -> Vec<(&'static str, PathBuf, Vec<String>)> {
         ),
         (
             "kv-js",
-            repo.join("plugins/kv-js"),
+            vec![repo.join("plugins/kv-js")],
             vec![
                 path(tools.join("node_modules/.bin/componentize-js")),
                 path(repo.join("plugins/kv-js/kv.js")),
@@ -137,7 +138,7 @@ fn polyglot_plugins(repo: &Path) -> Vec<(&'static str, PathBuf, Vec<String>)> {
                 "-o".into(),
             ],
         ),
-        ("kv-c", repo.join("plugins/kv-c"), vec![path(repo.join("plugins/kv-c/build.sh"))]),
+        ("kv-c", vec![repo.join("plugins/kv-c")], vec![path(repo.join("plugins/kv-c/build.sh"))]),
     ]
 }
 
@@ -168,7 +169,7 @@ pub fn build_polyglot(repo: &Path, target_dir: &Path) -> Result<(Built, Vec<Stri
             continue;
         }
         let dest_mtime = std::fs::metadata(&dest).and_then(|m| m.modified()).ok();
-        if dest_mtime.is_some() && dest_mtime >= newest_mtime(&sources).max(wit_mtime) {
+        if dest_mtime.is_some() && dest_mtime >= sources.iter().map(|dir| newest_mtime(dir)).max().flatten().max(wit_mtime) {
             continue;
         }
         let tmp = out_dir.join(format!("{name}.wasm.tmp"));
