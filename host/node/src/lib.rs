@@ -19,6 +19,7 @@ mod cluster;
 pub mod metrics;
 mod node;
 mod raft;
+pub mod security;
 mod sm;
 mod snapshot;
 pub mod types;

@@ -18,6 +18,7 @@ use wasmraft_store::Store;
 
 use crate::cluster::NodeInner;
 use crate::raft::{Faults, LogStore, Network, Raft, StateMachine};
+use crate::security::{PluginTrust, Tokens, TlsConfig};
 use crate::snapshot::{SnapshotConfig, SnapshotSettings};
 use crate::types::NodeId;
 use crate::util::blocking;
@@ -26,10 +27,20 @@ use crate::util::blocking;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Where the gRPC server listens (port 0: any free port).
+    /// Where the client API listens (port 0: any free port).
     pub listen: SocketAddr,
-    /// The address peers and clients use (`http://host:port`); default `http://{listen}`.
+    /// Where the peer API (Raft, and node-to-node calls) listens, so the two can be firewalled
+    /// apart; none: peers share `listen` (only without TLS and tokens).
+    pub peer_listen: Option<SocketAddr>,
+    /// The address peers dial, which the membership records (`https://host:port`); default the
+    /// peer listener's (`http://` without TLS).
     pub advertise: Option<String>,
+    /// TLS on both listeners, mutual between peers; none: plaintext.
+    pub tls: Option<TlsConfig>,
+    /// The client tokens and their roles; none: every client may do everything.
+    pub tokens: Option<Tokens>,
+    /// Which plugin components this node runs (at deploy and at apply).
+    pub plugin_trust: PluginTrust,
     pub data_dir: PathBuf,
     pub raft: RaftConfig,
     pub limits: Limits,
@@ -76,7 +87,11 @@ impl NodeConfig {
         Self {
             id,
             listen,
+            peer_listen: None,
             advertise: None,
+            tls: None,
+            tokens: None,
+            plugin_trust: PluginTrust::default(),
             data_dir: data_dir.into(),
             raft: RaftConfig::default(),
             limits: Limits::default(),
@@ -93,6 +108,8 @@ impl NodeConfig {
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
 pub struct Node {
     pub inner: Arc<NodeInner>,
+    /// The client API's address (`Node::addr`).
+    client_addr: String,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
     /// The HTTP server (`/metrics`, the status page): its address, and what stops it.
@@ -114,16 +131,38 @@ impl Node {
             ),
         })?;
         let settings = SnapshotSettings::new(config.data_dir.join("snapshots"), &config.snapshot);
-        let state_machine = blocking(|| StateMachine::open(config.id, store.clone(), runtime, settings))?;
+        let trust = config.plugin_trust.clone();
+        let state_machine = blocking(|| StateMachine::open(config.id, store.clone(), runtime, settings, trust))?;
         let shared = state_machine.shared();
         if config.metrics_listen.is_none() {
             // Nobody can read them: do not pay for them.
             shared.metrics.stop_recording();
         }
         let snapshots = state_machine.snapshots();
-        let listener = TcpListener::bind(config.listen).await?;
-        let local = listener.local_addr()?;
-        let addr = config.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
+        if config.peer_listen.is_none() && (config.tls.is_some() || config.tokens.is_some()) {
+            anyhow::bail!("with TLS or tokens, peers need a listener of their own: set peer_listen");
+        }
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("client listener on {}: {e}", config.listen))?;
+        let client_addr = format!("{scheme}://{}", listener.local_addr()?);
+        let peer_listener = match config.peer_listen {
+            Some(peer_listen) => Some(
+                TcpListener::bind(peer_listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("peer listener on {peer_listen}: {e}"))?,
+            ),
+            None => None,
+        };
+        let peer_local = match &peer_listener {
+            Some(listener) => listener.local_addr()?,
+            None => listener.local_addr()?,
+        };
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{peer_local}"));
         let raft_config = Config {
             cluster_name: "wasmraft".into(),
             heartbeat_interval: config.raft.heartbeat_ms,
@@ -144,6 +183,7 @@ impl Node {
             config.id,
             faults.clone(),
             config.peer_source,
+            config.tls.clone(),
             snapshots.clone(),
             Duration::from_millis(config.raft.election_timeout_max_ms),
         );
@@ -183,12 +223,19 @@ impl Node {
             None => None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = crate::api::serve(inner.clone(), listener, async {
+        let listeners = crate::api::Listeners {
+            client: listener,
+            peer: peer_listener,
+            tls: config.tls.clone(),
+            tokens: config.tokens.clone().map(Arc::new),
+        };
+        let server = crate::api::serve(inner.clone(), listeners, async {
             let _ = stopped.await;
-        });
-        info!(id = config.id, %addr, "node started");
+        })?;
+        info!(id = config.id, clients = %client_addr, peers = %addr, "node started");
         Ok(Node {
             inner,
+            client_addr,
             stop: Some(stop),
             server: Some(server),
             metrics,
@@ -199,7 +246,13 @@ impl Node {
         self.inner.id
     }
 
+    /// Where clients connect.
     pub fn addr(&self) -> &str {
+        &self.client_addr
+    }
+
+    /// Where peers connect: the address the membership records for this node.
+    pub fn peer_addr(&self) -> &str {
         &self.inner.addr
     }
 

@@ -31,6 +31,8 @@ impl ApiService {
                 config: start.config,
                 label: start.label,
                 shadow: false,
+                signature: Vec::new(),
+                key_id: String::new(),
             })),
         };
         let (index, result) = self.0.propose(activate).await?;
@@ -144,6 +146,11 @@ impl pb::api_server::Api for ApiService {
                 start.sha256
             )));
         }
+        self.0
+            .shared
+            .plugin_trust
+            .check(&sha256, &start.signature, &start.key_id)
+            .map_err(|e| Status::permission_denied(format!("deploy {} refused: {e}", start.name)))?;
         // Validate (and compile into this node's cache) before anything reaches the log.
         let runtime = self.0.shared.runtime.clone();
         let checked = bytes.clone();

@@ -1,6 +1,7 @@
 //! The gRPC services, as thin handlers over the node (`cluster`): `Peer` for Raft between nodes,
-//! `Api` for clients and admins. [`serve`] runs both on one listener.
+//! `Api` for clients and admins. [`serve`] runs them on the client and peer listeners.
 
+mod access;
 mod client;
 mod grpc_metrics;
 mod http;
@@ -18,6 +19,7 @@ use tonic::Status;
 
 use crate::cluster::NodeInner;
 use crate::pb;
+use crate::security::{Tokens, TlsConfig};
 use crate::types::TypeConfig;
 use crate::wire::Malformed;
 
@@ -31,33 +33,104 @@ fn raft_err<E: std::fmt::Display>(e: RaftError<TypeConfig, E>) -> Status {
     Status::unavailable(e.to_string())
 }
 
-/// Serves both services on `listener` until `stop` resolves.
+/// Largest client message (a deploy's pieces are smaller; a command is at most 64 MiB).
+pub(crate) const CLIENT_MESSAGE_LIMIT: usize = 64 << 20;
+/// Largest peer message: an append carries at most `max_payload_entries` (1024) entries, and the
+/// entries a client can make are bounded by the client limit; snapshot chunks are far smaller.
+pub(crate) const PEER_MESSAGE_LIMIT: usize = 1 << 30;
+
+/// What a node serves on: the client listener, and the peers' own (none: they share the
+/// client's, without TLS or tokens), with TLS on both and the client tokens when configured.
+pub(crate) struct Listeners {
+    pub client: TcpListener,
+    pub peer: Option<TcpListener>,
+    pub tls: Option<TlsConfig>,
+    pub tokens: Option<Arc<Tokens>>,
+}
+
+/// Serves the client API (with its token check) on the client listener, and the peer API with
+/// the node-to-node client API (with the member check under TLS) on the peer listener, until
+/// `stop` resolves.
 pub(crate) fn serve(
     node: Arc<NodeInner>,
-    listener: TcpListener,
+    listeners: Listeners,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
-    // Our own listener (to learn the port before serving), so the builder's TCP_NODELAY does not
-    // reach it: set it on each connection, or small replies wait out delayed ACKs (40 ms).
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    let (stop_all, stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let peer_service = || {
+        pb::peer_server::PeerServer::new(peer::PeerService(node.clone()))
+            .max_decoding_message_size(PEER_MESSAGE_LIMIT)
+            .max_encoding_message_size(PEER_MESSAGE_LIMIT)
+    };
+    let api_service = |limit| {
+        pb::api_server::ApiServer::new(client::ApiService(node.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    };
+    let metrics = grpc_metrics::GrpcMetricsLayer(node.shared.metrics.clone());
+    let client_tls = listeners.tls.as_ref().map(TlsConfig::client_listener);
+    let client_access = listeners.tokens.map_or(access::Access::Open, access::Access::Tokens);
+    let mut client = builder(client_tls)?.layer(metrics.clone()).layer(client_access);
+    let mut client = client.add_service(api_service(CLIENT_MESSAGE_LIMIT));
+    if listeners.peer.is_none() {
+        client = client.add_service(peer_service());
+    }
+    let client = client.serve_with_incoming_shutdown(incoming(listeners.client), stopped());
+    let peers = match listeners.peer {
+        Some(peer) => {
+            let peer_tls = listeners.tls.as_ref().map(TlsConfig::peer_listener);
+            let member_access = match listeners.tls {
+                Some(_) => access::Access::Members(node.clone()),
+                None => access::Access::Open,
+            };
+            let server = builder(peer_tls)?
+                .layer(metrics)
+                .layer(member_access)
+                .add_service(peer_service())
+                .add_service(api_service(PEER_MESSAGE_LIMIT))
+                .serve_with_incoming_shutdown(incoming(peer), stopped());
+            Some(server)
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        let _ = stop.await;
+        let _ = stop_all.send(true);
+    });
+    Ok(tokio::spawn(async move {
+        match peers {
+            Some(peers) => {
+                let (client, peers) = tokio::join!(client, peers);
+                client.and(peers)
+            }
+            None => client.await,
+        }
+    }))
+}
+
+fn builder(tls: Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    Ok(match tls {
+        Some(tls) => builder.tls_config(tls)?,
+        None => builder,
+    })
+}
+
+/// Our own listener (to learn the port before serving), so the builder's TCP_NODELAY does not
+/// reach it: set it on each connection, or small replies wait out delayed ACKs (40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
         if let Ok(conn) = &conn {
             let _ = conn.set_nodelay(true);
         }
         conn
-    });
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .layer(grpc_metrics::GrpcMetricsLayer(node.shared.metrics.clone()))
-        .add_service(
-            pb::peer_server::PeerServer::new(peer::PeerService(node.clone()))
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            pb::api_server::ApiServer::new(client::ApiService(node))
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .serve_with_incoming_shutdown(incoming, stop);
-    tokio::spawn(server)
+    })
 }

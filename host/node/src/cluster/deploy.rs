@@ -86,6 +86,8 @@ impl NodeInner {
             config: start.config,
             label: start.label,
             shadow: start.shadow,
+            signature: start.signature,
+            key_id: start.key_id,
         };
         self.activate_stored(activate, last_chunk, progress(total), tx).await;
     }
@@ -278,6 +280,8 @@ impl NodeInner {
             config: plugin.info.config.clone(),
             label: target.label.clone(),
             shadow: false,
+            signature: target.signature.clone(),
+            key_id: target.key_id.clone(),
         };
         Ok((activate, plugin.info.activated_index))
     }

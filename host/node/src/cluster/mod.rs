@@ -32,6 +32,7 @@ pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// The parts of a node the services share.
 pub struct NodeInner {
     pub id: NodeId,
+    /// Where peers reach this node (its address in the membership).
     pub addr: String,
     pub raft: Raft,
     pub shared: Arc<Shared>,

@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::ack_gate;
 use super::faults::Faults;
 use crate::pb::{self, peer_client::PeerClient};
+use crate::security::TlsConfig;
 use crate::snapshot::{SnapshotFile, Snapshots};
 use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
 use crate::util::lock;
@@ -36,10 +37,12 @@ use crate::wire::{
 pub struct Network {
     /// This node's id, for its logs' spans.
     id: NodeId,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
     faults: Faults,
     /// The address connections to peers come from; none: the OS picks.
     source: Option<IpAddr>,
+    /// Mutual TLS to peers; none: plaintext.
+    tls: Option<TlsConfig>,
     snapshots: Arc<Snapshots>,
     health: Arc<Health>,
 }
@@ -102,6 +105,7 @@ impl Network {
         id: NodeId,
         faults: Faults,
         source: Option<IpAddr>,
+        tls: Option<TlsConfig>,
         snapshots: Arc<Snapshots>,
         down_after: Duration,
     ) -> Self {
@@ -110,6 +114,7 @@ impl Network {
             channels: Arc::default(),
             faults,
             source,
+            tls,
             snapshots,
             health: Arc::new(Health {
                 node: id,
@@ -119,18 +124,26 @@ impl Network {
         }
     }
 
-    /// A lazily connecting channel to `peer` at `addr` (`http://host:port`).
+    /// A lazily connecting channel to `peer` at `addr` (`http://host:port`). Under TLS it is
+    /// always `https` (whatever the address says), and `peer`'s certificate must name it.
     pub fn channel(&self, peer: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
         self.faults.learn(peer, addr);
         let mut channels = lock(&self.channels);
-        if let Some(channel) = channels.get(addr) {
+        if let Some(channel) = channels.get(&(peer, addr.to_string())) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(addr.to_string())?
+        let mut endpoint = match &self.tls {
+            Some(tls) => {
+                let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+                Endpoint::from_shared(format!("https://{rest}"))?.tls_config(tls.peer_client(peer))?
+            }
+            None => Endpoint::from_shared(addr.to_string())?,
+        };
+        endpoint = endpoint
             .connect_timeout(Duration::from_secs(1))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_with_connector_lazy(self.faults.connector(addr, self.source));
-        channels.insert(addr.to_string(), channel.clone());
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        let channel = endpoint.connect_with_connector_lazy(self.faults.connector(addr, self.source));
+        channels.insert((peer, addr.to_string()), channel.clone());
         Ok(channel)
     }
 }

@@ -12,6 +12,7 @@ use tracing::{info_span, warn};
 use wasmraft_runtime::Runtime;
 use wasmraft_store::Store;
 
+use crate::security::PluginTrust;
 use crate::sm::{Machine, Shared};
 use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, Snapshots};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -28,10 +29,16 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine on `store`: what was applied, the active plugins, and the snapshot
     /// directory (cleared of temp files a crash left).
-    pub fn open(id: u64, store: Store, runtime: Runtime, settings: SnapshotSettings) -> io::Result<Self> {
+    pub fn open(
+        id: u64,
+        store: Store,
+        runtime: Runtime,
+        settings: SnapshotSettings,
+        plugin_trust: PluginTrust,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&settings.dir)?;
         snapshot::clean(&settings.dir)?;
-        let core = Machine::open(id, store, runtime)?;
+        let core = Machine::open(id, store, runtime, plugin_trust)?;
         let snapshots = Arc::new(Snapshots::new(settings, core.shared().metrics.clone()));
         Ok(Self { id, core, snapshots })
     }

@@ -25,7 +25,7 @@ use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use openraft::storage::EntryResponder;
 use prost::Message;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use wasmraft_runtime::{Entry as PluginEntry, Runtime};
 use wasmraft_store::Store;
 
@@ -39,6 +39,7 @@ pub(crate) use shadow::Shadow;
 pub(crate) use uploads::{STARTED as UPLOADS_STARTED, UNUSED as COMPONENTS_UNUSED, UPLOADS};
 
 use crate::pb::{self, command, command_result};
+use crate::security::PluginTrust;
 use crate::types::{LogId, StoredMembership, TypeConfig};
 use crate::util::{io_err, lock};
 use crate::wire::{decode, log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
@@ -86,7 +87,20 @@ pub(crate) type Replies = Vec<(openraft::storage::ApplyResponder<TypeConfig>, pb
 impl Machine {
     /// Opens the state machine on `store`: reads what was applied and re-creates the active
     /// plugins from their stored components.
-    pub fn open(id: u64, store: Store, runtime: Runtime) -> io::Result<Self> {
+    /// A component this node does not trust never runs here: its activation stops this node's
+    /// apply (a node fault, not a replicated result, since nodes may trust different keys).
+    fn check_trusted(&self, activate: &pb::Activate, index: u64) -> io::Result<()> {
+        if activate.sha256.starts_with(BUILTIN_PREFIX) {
+            return Ok(());
+        }
+        let trust = &self.shared.plugin_trust;
+        trust.check(&activate.sha256, &activate.signature, &activate.key_id).map_err(|e| {
+            error!(plugin = %activate.name, index, "refusing to run an untrusted component; apply stops: {e}");
+            io_err(format!("activate {}: {e}", activate.name))
+        })
+    }
+
+    pub fn open(id: u64, store: Store, runtime: Runtime, plugin_trust: PluginTrust) -> io::Result<Self> {
         let applied = match store.sm_meta_get(APPLIED).map_err(io_err)? {
             Some(bytes) => Some(log_id_from_pb(
                 &decode::<pb::LogId>(&bytes, "applied log id").map_err(io_err)?,
@@ -106,6 +120,7 @@ impl Machine {
             id,
             store,
             runtime,
+            plugin_trust,
             (
                 applied.map_or(0, |a| a.index),
                 state_digest_hex(&results_digest, &writes_digest),
@@ -375,6 +390,7 @@ impl Machine {
                         Some(command::Kind::Activate(activate)) => {
                             self.flush(registry_changed)?;
                             self.collect_garbage(timestamp_ms, None)?;
+                            self.check_trusted(&activate, log_id.index)?;
                             let result = if activate.shadow {
                                 self.apply_start_shadow(log_id.index, activate)?
                             } else {

@@ -16,6 +16,7 @@ use super::engine::{BUILTIN_PREFIX, Code, Engine, builtin_name, missing_builtin}
 use super::shadow::Shadow;
 use super::{Machine, rejected};
 use crate::pb::{self, command_result};
+use crate::security::PluginTrust;
 use crate::util::{io_err, lock};
 
 /// Earlier versions a plugin name keeps (for rollback); older ones are forgotten and, when no
@@ -157,6 +158,8 @@ pub(super) fn history_after(live: Option<&ActivePlugin>, sha256: &str) -> (Vec<p
             sha256: live.info.sha256.clone(),
             label: live.info.label.clone(),
             size: live.info.size,
+            signature: live.info.signature.clone(),
+            key_id: live.info.key_id.clone(),
         });
     }
     history.retain(|v| v.sha256 != sha256);
@@ -180,6 +183,8 @@ fn builtin(sha256: &str) -> Result<Code, String> {
 pub struct Shared {
     /// The node's id (for its logs' spans).
     pub id: u64,
+    /// Which components this node runs (checked again at every activation it applies).
+    pub plugin_trust: PluginTrust,
     pub store: Store,
     pub runtime: Runtime,
     /// Compiles uploaded components in the background (off the apply path).
@@ -199,9 +204,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(id: u64, store: Store, runtime: Runtime, digest: (u64, String)) -> Self {
+    pub(super) fn new(
+        id: u64,
+        store: Store,
+        runtime: Runtime,
+        plugin_trust: PluginTrust,
+        digest: (u64, String),
+    ) -> Self {
         Self {
             id,
+            plugin_trust,
             compiler: Compiler::new(id, runtime.clone(), store.clone()),
             metrics: Arc::default(),
             store,
@@ -344,6 +356,8 @@ impl Machine {
             space: live.map_or_else(|| activate.name.clone(), |p| p.space().to_string()),
             history,
             label: activate.label.clone(),
+            signature: activate.signature.clone(),
+            key_id: activate.key_id.clone(),
         };
         if activate.sha256.starts_with(BUILTIN_PREFIX)
             && let Err(e) = builtin(&activate.sha256)

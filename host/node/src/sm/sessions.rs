@@ -124,7 +124,13 @@ mod tests {
 
     fn machine(dir: &std::path::Path) -> Machine {
         let store = Store::open(dir.join("db")).unwrap();
-        Machine::open(1, store, Runtime::new(RuntimeConfig::default()).unwrap()).unwrap()
+        Machine::open(
+            1,
+            store,
+            Runtime::new(RuntimeConfig::default()).unwrap(),
+            Default::default(),
+        )
+        .unwrap()
     }
 
     fn session(client: &str, seq: u64) -> pb::Session {

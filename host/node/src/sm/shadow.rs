@@ -128,6 +128,8 @@ impl Machine {
             space: space.clone(),
             history: Vec::new(),
             label: activate.label.clone(),
+            signature: activate.signature.clone(),
+            key_id: activate.key_id.clone(),
         };
         // Every voter compiled it before the entry was proposed (the deploy's barrier).
         let candidate = ActivePlugin::candidate(&self.shared, &self.pending, info.clone(), &bytes)

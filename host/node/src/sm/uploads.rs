@@ -166,7 +166,13 @@ mod tests {
 
     fn machine(dir: &std::path::Path) -> Machine {
         let store = Store::open(dir.join("db")).unwrap();
-        Machine::open(1, store, Runtime::new(RuntimeConfig::default()).unwrap()).unwrap()
+        Machine::open(
+            1,
+            store,
+            Runtime::new(RuntimeConfig::default()).unwrap(),
+            Default::default(),
+        )
+        .unwrap()
     }
 
     /// Applies piece `[offset, offset + 4)` of a 12-byte upload `sha256` at `index`, stamped `ms`.

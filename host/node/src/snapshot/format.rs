@@ -153,7 +153,61 @@ pub(crate) fn read_header_from(r: &mut impl Read) -> Result<(pb::SnapshotHeader,
             header.format
         )));
     }
+    validate_header(&header)?;
     Ok((header, 8 + 4 + u64::from(len)))
+}
+
+/// Most plugins (and, separately, shadow runs) a snapshot header may list.
+pub(crate) const MAX_SNAPSHOT_PLUGINS: usize = 1024;
+/// Most earlier versions a header may list per plugin (a node keeps 5).
+const MAX_SNAPSHOT_HISTORY: usize = 64;
+
+/// What a header claims, checked before anything acts on it: plugin names by deploy's rule (so
+/// no name can reach into another plugin's key range), each name once, component ids that are
+/// sha256s or built-ins, and bounded counts. A sender is never trusted to have checked.
+pub(crate) fn validate_header(header: &pb::SnapshotHeader) -> Result<(), Rejection> {
+    let bad = |message: String| Err(Rejection::Corrupted(message));
+    if header.membership.is_none() {
+        return bad("its header has no membership".into());
+    }
+    let registry = registry(header);
+    for (what, count) in [("plugins", registry.plugins.len()), ("shadow runs", registry.shadows.len())] {
+        if count > MAX_SNAPSHOT_PLUGINS {
+            return bad(format!("its header lists {count} {what} (at most {MAX_SNAPSHOT_PLUGINS})"));
+        }
+    }
+    let plugins: Vec<_> = registry.plugins.iter().map(Some).collect();
+    let candidates: Vec<_> = registry.shadows.iter().map(|s| s.candidate.as_ref()).collect();
+    for (kind, plugins) in [("plugin", plugins), ("shadow run", candidates)] {
+        let mut seen = std::collections::HashSet::new();
+        for plugin in plugins {
+            let Some(plugin) = plugin else {
+                return bad(format!("its header has a {kind} without a plugin"));
+            };
+            if wasmraft_store::check_space(&plugin.name).is_err() {
+                return bad(format!("its header names a {kind} {:?}: not a valid plugin name", plugin.name));
+            }
+            if !seen.insert(plugin.name.as_str()) {
+                return bad(format!("its header lists the {kind} {:?} twice", plugin.name));
+            }
+            if plugin.history.len() > MAX_SNAPSHOT_HISTORY {
+                return bad(format!("{kind} {} lists {} earlier versions", plugin.name, plugin.history.len()));
+            }
+            let ids = std::iter::once(&plugin.sha256).chain(plugin.history.iter().map(|v| &v.sha256));
+            if let Some(id) = ids.into_iter().find(|id| !is_component_id(id)) {
+                return bad(format!("{kind} {}: {id:?} is not a component id", plugin.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A sha256 in lowercase hex, or a built-in's id (`builtin:NAME`, NAME a valid plugin name).
+fn is_component_id(id: &str) -> bool {
+    match id.strip_prefix(crate::sm::BUILTIN_PREFIX) {
+        Some(name) => wasmraft_store::check_space(name).is_ok(),
+        None => id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+    }
 }
 
 /// Reads a snapshot's header (without checking the whole file).

@@ -31,6 +31,10 @@ pub(crate) fn fresh_space(name: &str, index: u64, current: Option<&str>) -> Stri
     }
 }
 
+/// Most upload blobs (deploys in progress) a snapshot may carry, and their bytes in all.
+const MAX_STAGED_BLOBS: usize = 1024;
+const MAX_STAGED_BLOB_BYTES: u64 = 1 << 30;
+
 /// Restores a snapshot into fresh key spaces without touching the live state: components are
 /// checked against their sha256 (and stored, content-addressed) first, then each plugin's
 /// `restore` export rebuilds its space from its section. The caller switches to the result in
@@ -53,6 +57,7 @@ pub(crate) fn stage(shared: &Shared, pending: &SharedPending, file: &SnapshotFil
     };
     let max_blob = shared.runtime.limits().max_component_bytes as u64;
     let mut blobs = Vec::new();
+    let mut staged_bytes = 0u64;
     loop {
         let key_len = read_u32(&mut body)?;
         if key_len == 0 {
@@ -79,6 +84,13 @@ pub(crate) fn stage(shared: &Shared, pending: &SharedPending, file: &SnapshotFil
                 store.write(batch).map_err(io_err)?;
             }
         } else {
+            // Uploads in progress, held until install: bounded, like everything a sender sends.
+            staged_bytes += value.len() as u64;
+            if blobs.len() >= MAX_STAGED_BLOBS || staged_bytes > MAX_STAGED_BLOB_BYTES {
+                return Err(invalid(format!(
+                    "more than {MAX_STAGED_BLOBS} blobs or {MAX_STAGED_BLOB_BYTES} bytes of uploads"
+                )));
+            }
             blobs.push((key, value));
         }
     }

@@ -61,6 +61,9 @@ pub(crate) const TRAILER: u64 = 32;
 pub(crate) const CHUNK: u32 = 1 << 20;
 /// Largest blob key a snapshot may hold (component and upload keys are under 100 bytes).
 pub(crate) const MAX_BLOB_KEY: u32 = 4096;
+/// A receiver drops a transfer whose sender sent nothing for this long (what arrived is kept for
+/// a resume), so a stalled or hostile sender cannot hold the one receiving slot.
+pub(crate) const RECEIVE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// A receiver fsyncs an incoming file (and records how far it got) every this many bytes: a
 /// transfer broken by a crash resumes from there.
 pub(crate) const INCOMING_SYNC_BYTES: u64 = 4 << 20;

@@ -32,6 +32,15 @@ impl Incoming {
             return Err(invalid(format!("a snapshot of {size} bytes")));
         }
         fs::create_dir_all(dir)?;
+        // The announced size must fit, with room left for the log and RocksDB: a sender cannot
+        // fill the disk by announcing a huge file.
+        let free = free_bytes(dir)?;
+        if size.saturating_add(DISK_RESERVE_BYTES) > free {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("a snapshot of {size} bytes does not fit: {free} bytes free, {DISK_RESERVE_BYTES} kept in reserve"),
+            ));
+        }
         let id = hex::encode(sha256);
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -86,6 +95,28 @@ impl Incoming {
         let in_body = body_end.saturating_sub(self.written).min(data.len() as u64) as usize;
         self.hasher.update(&data[..in_body]);
         self.trailer.extend_from_slice(&data[in_body..]);
+    }
+
+    /// Checks the header once the file holds all of it: `None` while it is still arriving.
+    fn header(&self) -> Result<Option<()>, Rejection> {
+        use std::os::unix::fs::FileExt;
+        let read = |at: u64, len: u64| {
+            let mut buf = vec![0; len as usize];
+            self.file
+                .read_exact_at(&mut buf, at)
+                .map(|()| buf)
+                .map_err(|e| Rejection::Corrupted(e.to_string()))
+        };
+        if self.written < 12 {
+            return Ok(None);
+        }
+        let start = read(0, 12)?;
+        let len = u64::from(u32::from_le_bytes([start[8], start[9], start[10], start[11]]));
+        if len > 64 << 20 || self.written >= 12 + len {
+            let whole = if len > 64 << 20 { start } else { read(0, 12 + len)? };
+            return read_header_from(&mut whole.as_slice()).map(|_| Some(()));
+        }
+        Ok(None)
     }
 
     /// Bytes held: where the sender continues.
@@ -158,9 +189,17 @@ pub(crate) async fn receive(
 ) -> Option<(Snapshot<SnapshotFile>, PathBuf, u64)> {
     let resumed = incoming.offset();
     let started = std::time::Instant::now();
+    let mut header_checked = false;
     // Receive until the file is whole; a broken stream keeps what arrived for a resume.
     while incoming.offset() < incoming.size() {
-        let data = match input.message().await {
+        let Ok(message) = tokio::time::timeout(RECEIVE_IDLE_TIMEOUT, input.message()).await else {
+            tracing::info!(
+                received = incoming.offset(),
+                "snapshot sender idle for {RECEIVE_IDLE_TIMEOUT:?}; dropped the transfer (kept what arrived)"
+            );
+            return None;
+        };
+        let data = match message {
             Ok(Some(pb::SnapshotChunk {
                 part: Some(pb::snapshot_chunk::Part::Data(data)),
             })) => data,
@@ -191,6 +230,18 @@ pub(crate) async fn receive(
         if let Err(e) = blocking(|| incoming.write(data.offset, &data.data)) {
             let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
             return None;
+        }
+        // The header is checked as soon as it is whole: a forged one ends the transfer before
+        // its body is received.
+        if !header_checked {
+            match blocking(|| incoming.header()) {
+                Ok(None) => {}
+                Ok(Some(())) => header_checked = true,
+                Err(rejection) => {
+                    reject(&incoming.path.clone(), rejection, vote, tx, stats).await;
+                    return None;
+                }
+            }
         }
         let ack = pb::SnapshotAck {
             offset: incoming.offset(),
@@ -228,10 +279,7 @@ pub(crate) async fn receive(
     let header = match header {
         Ok(header) => header,
         Err(rejection) => {
-            stats.reject(&rejection);
-            warn!(from_term = vote.leader_id.term, "rejected a {rejection}");
-            forget(&path);
-            let _ = tx.send(Err(Status::data_loss(format!("rejected: {rejection}")))).await;
+            reject(&path, rejection, vote, tx, stats).await;
             return None;
         }
     };
@@ -247,4 +295,18 @@ pub(crate) async fn receive(
     let file = SnapshotFile { verified: true, ..file };
     let snapshot = Snapshot { meta, snapshot: file };
     Some((snapshot, path, received))
+}
+
+/// Counts, logs and deletes a rejected file, and tells the sender.
+async fn reject(
+    path: &Path,
+    rejection: Rejection,
+    vote: Vote,
+    tx: &mpsc::Sender<Result<pb::SnapshotAck, Status>>,
+    stats: &SnapshotStats,
+) {
+    stats.reject(&rejection);
+    warn!(from_term = vote.leader_id.term, "rejected a {rejection}");
+    forget(path);
+    let _ = tx.send(Err(Status::data_loss(format!("rejected: {rejection}")))).await;
 }
