@@ -12,7 +12,8 @@ use hdrhistogram::Histogram;
 
 use wasmraft_node::pb;
 
-use crate::client;
+use crate::client::{self, Target};
+use crate::context::EndpointArg;
 use wasmraft::workload::SplitMix;
 
 #[derive(clap::Args)]
@@ -20,9 +21,8 @@ use wasmraft::workload::SplitMix;
 pub struct BenchArgs {
     #[command(subcommand)]
     command: Option<BenchCommand>,
-    /// Any node of the cluster.
-    #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = client::DEFAULT_ENDPOINT)]
-    endpoint: String,
+    #[command(flatten)]
+    endpoint: EndpointArg,
     /// Concurrent clients, each with its own connection, one request in flight each.
     #[arg(long, default_value_t = 16)]
     clients: usize,
@@ -85,12 +85,12 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// A small deterministic generator (no dependency, same workload every run).
-async fn run_once(args: &BenchArgs, plugin: &str) -> anyhow::Result<Outcome> {
+async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Result<Outcome> {
     let value = "x".repeat(args.value_size);
     let per_client = args.ops.div_ceil(args.clients.max(1));
     let mut clients = Vec::new();
     for _ in 0..args.clients.max(1) {
-        clients.push(client::connect(&args.endpoint).await?);
+        clients.push(client::connect(target).await?);
     }
     let progress = crate::progress::bar(args.ops as u64, plugin);
     let done = Arc::new(AtomicU64::new(0));
@@ -198,24 +198,19 @@ struct Usage {
 }
 
 /// Every member's usage, as each reports it (members that do not answer are left out).
-async fn usage(endpoint: &str) -> Usage {
+async fn usage(target: &Target) -> Usage {
     let mut usage = Usage {
         client_cpu_micros: wasmraft_node::process_cpu_micros(),
         ..Usage::default()
     };
-    let Ok(mut api) = client::connect(endpoint).await else {
+    let Ok(mut api) = client::connect(target).await else {
         return usage;
     };
-    let Ok(status) = api.cluster_status(pb::ClusterStatusRequest {}).await else {
+    let Ok(members) = api.members(pb::MembersRequest::default()).await else {
         return usage;
     };
-    for node in status.into_inner().nodes {
-        let Ok(mut api) = client::connect(&node.addr).await else {
-            continue;
-        };
-        if let Ok(s) = api.cluster_status(pb::ClusterStatusRequest {}).await
-            && let Some(u) = s.into_inner().usage
-        {
+    for member in members.into_inner().members {
+        if let Some(u) = member.status.and_then(|s| s.usage) {
             usage.server_cpu_micros.insert(u.pid, u.cpu_micros);
             usage.log_fsyncs += u.log_fsyncs;
             usage.log_fsync_appends += u.log_fsync_appends;
@@ -261,8 +256,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.read_ratio) {
         anyhow::bail!("--read-ratio must be between 0 and 1");
     }
+    let target = args.endpoint.target()?;
     if args.compare_native {
-        let mut api = client::connect(&args.endpoint).await?;
+        let mut api = client::connect(&target).await?;
         let plugins = api.list_plugins(pb::ListPluginsRequest {}).await?.into_inner().plugins;
         if !plugins.iter().any(|p| p.name == "native-kv") {
             crate::deploy::activate_builtin(&mut api, "native-kv", "kv-native")
@@ -272,21 +268,21 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "bench: {} clients, {} ops, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
-        args.clients, args.ops, args.value_size, args.keys, args.read_ratio, args.consistency, args.endpoint
+        args.clients, args.ops, args.value_size, args.keys, args.read_ratio, args.consistency, target.endpoint
     );
     println!(
         "{:<12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "plugin", "ops", "ops/s", "p50 ms", "p99 ms", "p999 ms", "errors"
     );
-    let before = usage(&args.endpoint).await;
-    let wasm = run_once(&args, &args.plugin).await?;
-    let after = usage(&args.endpoint).await;
+    let before = usage(&target).await;
+    let wasm = run_once(&args, &target, &args.plugin).await?;
+    let after = usage(&target).await;
     print_row(&args.plugin, &wasm);
     print_cost(&before, &after, wasm.ops);
     if args.compare_native {
-        let before = usage(&args.endpoint).await;
-        let native = run_once(&args, "native-kv").await?;
-        let after = usage(&args.endpoint).await;
+        let before = usage(&target).await;
+        let native = run_once(&args, &target, "native-kv").await?;
+        let after = usage(&target).await;
         print_row("native-kv", &native);
         print_cost(&before, &after, native.ops);
         println!(

@@ -6,29 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::Channel;
-use wasmraft_node::pb::{self, api_client::ApiClient};
+use wasmraft_node::pb;
 
-/// The endpoint when none is given: `$WASMRAFT_ENDPOINT`, else the first `wasmraft dev` node.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001";
-
-pub async fn connect(endpoint: &str) -> anyhow::Result<ApiClient<Channel>> {
-    let endpoint = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-        .with_context(|| format!("bad endpoint {endpoint:?}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach a wasmraft node at {endpoint} (is `wasmraft dev` running?)"))?;
-    Ok(ApiClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
-}
+pub use crate::context::{Api, Target, connect};
 
 /// Prints a failed request's status the way users read it, and picks the exit code.
 pub fn report(status: &tonic::Status) -> ExitCode {
@@ -37,6 +17,8 @@ pub fn report(status: &tonic::Status) -> ExitCode {
         tonic::Code::FailedPrecondition => "failed",
         tonic::Code::InvalidArgument => "bad request",
         tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
         _ => "error",
     };
     eprintln!("error ({kind}): {}", status.message());
@@ -80,7 +62,7 @@ const CALL_RETRY_FOR: Duration = Duration::from_secs(20);
 /// it fails retryably: `UNAVAILABLE` (no leader; not proposed) or `DEADLINE_EXCEEDED` (outcome
 /// unknown: the session makes a repeat safe, the state machine applies it once).
 pub async fn call_retrying(
-    api: &mut ApiClient<Channel>,
+    api: &mut Api,
     req: pb::CallRequest,
 ) -> Result<tonic::Response<pb::CallResponse>, tonic::Status> {
     let deadline = std::time::Instant::now() + CALL_RETRY_FOR;
@@ -100,8 +82,8 @@ pub async fn call_retrying(
     }
 }
 
-pub async fn call(endpoint: &str, plugin: String, payload: Vec<u8>) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn call(target: &Target, plugin: String, payload: Vec<u8>) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let session = pb::Session {
         client: new_client_id(),
         seq: 1,
@@ -132,13 +114,13 @@ pub fn parse_consistency(s: &str) -> Result<pb::Consistency, String> {
 }
 
 pub async fn query(
-    endpoint: &str,
+    target: &Target,
     plugin: String,
     request: Vec<u8>,
     consistency: pb::Consistency,
     shadow: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+    let mut client = connect(target).await?;
     let req = pb::QueryRequest {
         plugin,
         request,
@@ -157,9 +139,12 @@ pub async fn query(
 /// Prints one node's status the way `cluster status` shows it.
 pub fn print_status(s: &pb::ClusterStatusResponse) {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    println!("node {} ({}), term {}", s.id, s.state, s.term);
+    println!(
+        "node {} ({}), term {}, clients at {}",
+        s.id, s.state, s.term, s.client_addr
+    );
     match s.leader_id {
-        Some(id) => println!("leader      node {id} at {}", s.leader_addr),
+        Some(id) => println!("leader      node {id} (peer address {})", s.leader_addr),
         None => println!("leader      none yet"),
     }
     println!(
@@ -221,8 +206,8 @@ pub fn mb_per_sec(bytes: u64, micros: u64) -> f64 {
     bytes as f64 / micros as f64
 }
 
-pub async fn snapshot(endpoint: &str) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn snapshot(target: &Target) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let progress = crate::progress::spinner("building a snapshot");
     let result = client.snapshot(pb::SnapshotRequest {}).await;
     progress.finish_and_clear();
@@ -265,8 +250,8 @@ pub fn parse_members(members: &[String]) -> anyhow::Result<HashMap<u64, String>>
         .collect()
 }
 
-pub async fn init(endpoint: &str, members: HashMap<u64, String>) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn init(target: &Target, members: HashMap<u64, String>) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     match client.init(pb::InitRequest { members }).await {
         Ok(_) => {
             println!("cluster initialized");
@@ -276,8 +261,8 @@ pub async fn init(endpoint: &str, members: HashMap<u64, String>) -> anyhow::Resu
     }
 }
 
-pub async fn add_learner(endpoint: &str, id: u64, addr: String, no_wait: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn add_learner(target: &Target, id: u64, addr: String, no_wait: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let req = pb::AddLearnerRequest {
         id,
         addr,
@@ -292,8 +277,8 @@ pub async fn add_learner(endpoint: &str, id: u64, addr: String, no_wait: bool) -
     }
 }
 
-pub async fn change_membership(endpoint: &str, voters: Vec<u64>, retain: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn change_membership(target: &Target, voters: Vec<u64>, retain: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let req = pb::ChangeMembershipRequest {
         voters: voters.clone(),
         retain,
@@ -307,8 +292,8 @@ pub async fn change_membership(endpoint: &str, voters: Vec<u64>, retain: bool) -
     }
 }
 
-pub async fn remove_learner(endpoint: &str, id: u64) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn remove_learner(target: &Target, id: u64) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     match client.remove_learner(pb::RemoveLearnerRequest { id }).await {
         Ok(resp) => {
             println!("learner {id} removed at log index {}", resp.into_inner().index);
@@ -318,8 +303,8 @@ pub async fn remove_learner(endpoint: &str, id: u64) -> anyhow::Result<ExitCode>
     }
 }
 
-pub async fn transfer_leader(endpoint: &str, to: u64) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn transfer_leader(target: &Target, to: u64) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     match client.transfer_leader(pb::TransferLeaderToRequest { to }).await {
         Ok(_) => {
             println!("leadership transfer to node {to} started");

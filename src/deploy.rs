@@ -9,10 +9,10 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
-use wasmraft_node::pb::{self, api_client::ApiClient};
+use wasmraft_node::pb;
 
-use crate::client::{connect, report};
+use crate::client::{Api, Target, connect, report};
+use crate::signing::Signature;
 
 /// Piece size of a deploy stream (the node re-chunks into log entries).
 const UPLOAD_PIECE: usize = 256 << 10;
@@ -24,25 +24,66 @@ pub struct Deployed {
     pub compiles: Vec<pb::NodeCompile>,
 }
 
+/// What a deploy sends.
+pub struct Upload {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    /// Handed to the plugin's `init`.
+    pub config: Vec<u8>,
+    /// A name for this version, shown by `plugins`.
+    pub label: String,
+    /// Run it in shadow beside the active version instead of activating it.
+    pub shadow: bool,
+    /// Its detached signature (`wasmraft plugin sign`), if it has one.
+    pub signature: Option<Signature>,
+}
+
+impl Upload {
+    /// `bytes` as `name`: no config, label or signature, activated.
+    pub fn new(name: &str, bytes: Vec<u8>) -> Upload {
+        Upload {
+            name: name.to_string(),
+            bytes,
+            config: Vec::new(),
+            label: String::new(),
+            shadow: false,
+            signature: None,
+        }
+    }
+}
+
 /// Uploads and activates a component, reporting each progress message to `on_progress`.
 pub async fn deploy_bytes(
-    client: &mut ApiClient<Channel>,
-    name: &str,
-    bytes: Vec<u8>,
-    config: Vec<u8>,
-    label: &str,
-    shadow: bool,
+    client: &mut Api,
+    upload: Upload,
     mut on_progress: impl FnMut(&pb::DeployProgress),
 ) -> Result<Deployed, tonic::Status> {
+    let Upload {
+        name,
+        bytes,
+        config,
+        label,
+        shadow,
+        signature,
+    } = upload;
     let sha256 = hex::encode(Sha256::digest(&bytes));
+    let (signature, key_id) = match signature {
+        Some(s) => (
+            s.bytes().map_err(|e| tonic::Status::invalid_argument(e.to_string()))?,
+            s.key_id,
+        ),
+        None => (Vec::new(), String::new()),
+    };
     let start = pb::DeployRequest {
         part: Some(pb::deploy_request::Part::Start(pb::DeployStart {
-            name: name.to_string(),
+            name,
             sha256: sha256.clone(),
             size: bytes.len() as u64,
             config,
-            label: label.to_string(),
+            label,
             shadow,
+            signature,
+            key_id,
         })),
     };
     let pieces: Vec<pb::DeployRequest> = bytes
@@ -83,11 +124,7 @@ fn compile_state(c: &pb::NodeCompile) -> String {
 }
 
 /// Activates a built-in of the node (e.g. `kv-native`) under `name`.
-pub async fn activate_builtin(
-    client: &mut ApiClient<Channel>,
-    name: &str,
-    builtin: &str,
-) -> Result<u64, tonic::Status> {
+pub async fn activate_builtin(client: &mut Api, name: &str, builtin: &str) -> Result<u64, tonic::Status> {
     let start = pb::DeployRequest {
         part: Some(pb::deploy_request::Part::Start(pb::DeployStart {
             name: name.to_string(),
@@ -96,6 +133,8 @@ pub async fn activate_builtin(
             config: Vec::new(),
             label: String::new(),
             shadow: false,
+            signature: Vec::new(),
+            key_id: String::new(),
         })),
     };
     let mut progress = client.deploy(futures::stream::iter([start])).await?.into_inner();
@@ -106,19 +145,22 @@ pub async fn activate_builtin(
     activated.ok_or_else(|| tonic::Status::internal("activation did not report an index"))
 }
 
+/// `deploy NAME FILE`: `upload` holds everything but the bytes, read from `file` (and its
+/// signature, `signature` or FILE.sig, when there is one).
 pub async fn deploy(
-    endpoint: &str,
-    name: String,
+    target: &Target,
+    mut upload: Upload,
     file: &Path,
-    config: Vec<u8>,
-    label: String,
-    shadow: bool,
+    signature: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut client = connect(endpoint).await?;
+    upload.bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    upload.signature = crate::signing::for_component(file, &upload.bytes, signature)?;
+    let (name, shadow) = (upload.name.clone(), upload.shadow);
+    let signed = upload.signature.as_ref().map(|s| s.key_id.clone());
+    let mut client = connect(target).await?;
     let started = Instant::now();
-    let progress = crate::progress::bytes(bytes.len() as u64, &format!("deploy {name}"));
-    let result = deploy_bytes(&mut client, &name, bytes, config, &label, shadow, |msg| {
+    let progress = crate::progress::bytes(upload.bytes.len() as u64, &format!("deploy {name}"));
+    let result = deploy_bytes(&mut client, upload, |msg| {
         progress.set_position(msg.committed_bytes);
         if !msg.compiles.is_empty() {
             let states: Vec<String> = msg.compiles.iter().map(compile_state).collect();
@@ -131,6 +173,9 @@ pub async fn deploy(
         Ok(deployed) => {
             println!("deployed {name}{}", if shadow { " in shadow" } else { "" });
             println!("  sha256      {}", deployed.sha256);
+            if let Some(key_id) = signed {
+                println!("  signed by   key {key_id}");
+            }
             if shadow {
                 println!(
                     "  shadow from log index {} (see: wasmraft plugins shadow {name})",
@@ -150,8 +195,8 @@ pub async fn deploy(
     }
 }
 
-pub async fn plugins(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn plugins(target: &Target, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let (plugins, shadows) = match client.list_plugins(pb::ListPluginsRequest {}).await {
         Ok(resp) => {
             let resp = resp.into_inner();
@@ -267,23 +312,21 @@ pub async fn plugins(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> 
 }
 
 /// Each member's view: the plugins it runs and its compiles (or why it did not answer).
-async fn every_node(client: &mut ApiClient<Channel>) -> Vec<(pb::NodeStatus, Result<pb::ListPluginsResponse, String>)> {
-    let Ok(status) = client.cluster_status(pb::ClusterStatusRequest {}).await else {
+async fn every_node(client: &mut Api) -> Vec<(pb::MemberView, Result<pb::ListPluginsResponse, String>)> {
+    let Ok(members) = client.members(pb::MembersRequest::default()).await else {
         return Vec::new();
     };
-    let mut views = Vec::new();
-    for node in status.into_inner().nodes {
-        let view = match connect(&node.addr).await {
-            Ok(mut api) => api
-                .list_plugins(pb::ListPluginsRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        views.push((node, view));
-    }
-    views
+    let members = members.into_inner().members;
+    members
+        .into_iter()
+        .map(|mut member| {
+            let view = match member.plugins.take() {
+                Some(plugins) if member.error.is_empty() => Ok(plugins),
+                _ => Err(member.error.clone()),
+            };
+            (member, view)
+        })
+        .collect()
 }
 
 /// `  (label)` after a version, or nothing.
@@ -295,8 +338,8 @@ fn labelled(label: &str) -> String {
     }
 }
 
-pub async fn rollback(endpoint: &str, name: String, sha256: String) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn rollback(target: &Target, name: String, sha256: String) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let started = Instant::now();
     let progress = crate::progress::spinner(&format!("rolling back {name}"));
     let request = pb::RollbackRequest {
@@ -331,12 +374,12 @@ pub async fn rollback(endpoint: &str, name: String, sha256: String) -> anyhow::R
     }
 }
 
-pub async fn remove(endpoint: &str, name: String, yes: bool) -> anyhow::Result<ExitCode> {
+pub async fn remove(target: &Target, name: String, yes: bool) -> anyhow::Result<ExitCode> {
     if !yes {
         eprintln!("error (bad request): removing {name} deletes its data on every node; add --yes to confirm");
         return Ok(ExitCode::from(1));
     }
-    let mut client = connect(endpoint).await?;
+    let mut client = connect(target).await?;
     match client
         .remove_plugin(pb::RemovePluginRequest { name: name.clone() })
         .await
@@ -350,24 +393,23 @@ pub async fn remove(endpoint: &str, name: String, yes: bool) -> anyhow::Result<E
 }
 
 /// `plugins shadow NAME`: every member's comparison, one line each, then the differences.
-pub async fn shadow_status(endpoint: &str, name: String, as_json: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
-    let members = match client.cluster_status(pb::ClusterStatusRequest {}).await {
-        Ok(status) => status.into_inner().nodes,
+pub async fn shadow_status(target: &Target, name: String, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
+    let request = pb::MembersRequest { shadow: name.clone() };
+    let members = match client.members(request).await {
+        Ok(resp) => resp.into_inner().members,
         Err(status) => return Ok(report(&status)),
     };
-    let mut views = Vec::new();
-    for node in &members {
-        let view = match connect(&node.addr).await {
-            Ok(mut api) => api
-                .shadow_status(pb::ShadowStatusRequest { name: name.clone() })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        views.push((node.id, view));
-    }
+    let views: Vec<(u64, Result<pb::ShadowStatusResponse, String>)> = members
+        .into_iter()
+        .map(|m| {
+            let view = match m.shadow {
+                Some(shadow) if m.error.is_empty() => Ok(shadow),
+                _ => Err(m.error),
+            };
+            (m.id, view)
+        })
+        .collect();
     if as_json {
         let nodes: Vec<Value> = views
             .iter()
@@ -456,8 +498,8 @@ fn shadow_json(record: &pb::ShadowRecord) -> Value {
 }
 
 /// `plugins promote NAME` / `plugins drop-shadow NAME`.
-pub async fn end_shadow(endpoint: &str, name: String, promote: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn end_shadow(target: &Target, name: String, promote: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let req = pb::EndShadowRequest {
         name: name.clone(),
         promote,

@@ -12,11 +12,14 @@ macro_rules! say {
 }
 
 mod bench;
+mod certs;
 mod chaos;
 mod client;
+mod context;
 mod deploy;
 mod dev;
 mod progress;
+mod signing;
 mod snapshot_bench;
 mod status;
 
@@ -25,6 +28,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use context::EndpointArg;
 use wasmraft_runtime::conformance::{self, Script};
 use wasmraft_runtime::{Limits, Runtime, RuntimeConfig};
 
@@ -49,14 +53,6 @@ enum LogFormat {
     Json,
 }
 
-/// Where a client command connects.
-#[derive(clap::Args, Clone)]
-struct EndpointArg {
-    /// Any node of the cluster (`http://host:port`).
-    #[arg(long, env = "WASMRAFT_ENDPOINT", default_value = client::DEFAULT_ENDPOINT, global = true)]
-    endpoint: String,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Start a local cluster in this process, with the bundled kv plugin deployed as `kv`.
@@ -73,11 +69,24 @@ enum Command {
         /// Deploy this component as `kv` instead of the bundled one.
         #[arg(long, value_name = "FILE.wasm")]
         plugin: Option<PathBuf>,
+        /// Plaintext and no tokens. By default the cluster makes its own CA and certificates and
+        /// an admin token, and writes them to the client context file.
+        #[arg(long)]
+        insecure: bool,
     },
-    /// Run one node from a TOML config file (id, listen, data_dir, peers, [raft], [limits]).
+    /// Run one node from a TOML config file (id, listen, peer_listen, data_dir, peers, [tls],
+    /// [[tokens]], [plugins], [raft], [limits], [snapshot]).
     Node {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Start without TLS and tokens (anyone who reaches the node can do anything).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Make certificates: a cluster CA, node certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Send a command to a plugin through the log; prints the plugin's result.
     Call {
@@ -120,6 +129,9 @@ enum Command {
         /// of the state and applies every later call, its results compared, never returned.
         #[arg(long)]
         shadow: bool,
+        /// Its detached signature (`wasmraft plugin sign`); default FILE.sig when it exists.
+        #[arg(long, value_name = "FILE.sig")]
+        signature: Option<PathBuf>,
     },
     /// List the active plugins (with their earlier versions), or roll one back, or remove one.
     Plugins {
@@ -233,7 +245,39 @@ enum ClusterCommand {
 }
 
 #[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA and certificates for nodes 1..=N in DIR, and print an admin token.
+    Init {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host names or IP addresses clients dial the nodes by (repeat it).
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+    },
+    /// Sign a certificate for one more node with DIR's CA.
+    Node {
+        dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum PluginCommand {
+    /// Make an ed25519 key pair for signing components: KEY and KEY.pub.
+    Keygen {
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+    },
+    /// Sign a component: writes FILE.sig, which `deploy` sends along.
+    Sign {
+        file: PathBuf,
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+    },
     /// Run a plugin component (any language) through the conformance checks: validation, init,
     /// the scripted entries, batch independence, read-only queries and the snapshot round trip.
     Test {
@@ -307,22 +351,28 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             base_port,
             plugin,
+            insecure,
         } => {
             dev::dev(dev::DevOptions {
                 nodes,
                 data_dir,
                 base_port,
                 plugin,
+                insecure,
             })
             .await
         }
-        Command::Node { config } => dev::node(&config).await,
+        Command::Node { config, insecure } => dev::node(&config, insecure).await,
+        Command::Certs { command } => match command {
+            CertsCommand::Init { dir, nodes, hosts } => certs::init(&dir, nodes, &hosts).map(|()| ExitCode::SUCCESS),
+            CertsCommand::Node { dir, id, hosts } => certs::node(&dir, id, &hosts).map(|()| ExitCode::SUCCESS),
+        },
         Command::Call {
             endpoint,
             plugin,
             payload,
             file,
-        } => client::call(&endpoint.endpoint, plugin, client::payload(payload, file.as_deref())?).await,
+        } => client::call(&endpoint.target()?, plugin, client::payload(payload, file.as_deref())?).await,
         Command::Query {
             endpoint,
             consistency,
@@ -332,7 +382,7 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             file,
         } => {
             let request = client::payload(request, file.as_deref())?;
-            client::query(&endpoint.endpoint, plugin, request, consistency, shadow).await
+            client::query(&endpoint.target()?, plugin, request, consistency, shadow).await
         }
         Command::Deploy {
             endpoint,
@@ -341,23 +391,32 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
             config,
             label,
             shadow,
-        } => deploy::deploy(&endpoint.endpoint, name, &file, config.into_bytes(), label, shadow).await,
+            signature,
+        } => {
+            let upload = deploy::Upload {
+                config: config.into_bytes(),
+                label,
+                shadow,
+                ..deploy::Upload::new(&name, Vec::new())
+            };
+            deploy::deploy(&endpoint.target()?, upload, &file, signature.as_deref()).await
+        }
         Command::Plugins {
             endpoint,
             json,
             command,
         } => match command {
-            None => deploy::plugins(&endpoint.endpoint, json).await,
+            None => deploy::plugins(&endpoint.target()?, json).await,
             Some(PluginsCommand::Rollback { name, sha256 }) => {
-                deploy::rollback(&endpoint.endpoint, name, sha256.unwrap_or_default()).await
+                deploy::rollback(&endpoint.target()?, name, sha256.unwrap_or_default()).await
             }
-            Some(PluginsCommand::Remove { name, yes }) => deploy::remove(&endpoint.endpoint, name, yes).await,
-            Some(PluginsCommand::Shadow { name, json }) => deploy::shadow_status(&endpoint.endpoint, name, json).await,
-            Some(PluginsCommand::Promote { name }) => deploy::end_shadow(&endpoint.endpoint, name, true).await,
-            Some(PluginsCommand::DropShadow { name }) => deploy::end_shadow(&endpoint.endpoint, name, false).await,
+            Some(PluginsCommand::Remove { name, yes }) => deploy::remove(&endpoint.target()?, name, yes).await,
+            Some(PluginsCommand::Shadow { name, json }) => deploy::shadow_status(&endpoint.target()?, name, json).await,
+            Some(PluginsCommand::Promote { name }) => deploy::end_shadow(&endpoint.target()?, name, true).await,
+            Some(PluginsCommand::DropShadow { name }) => deploy::end_shadow(&endpoint.target()?, name, false).await,
         },
         Command::Cluster { endpoint, command } => {
-            let ep = &endpoint.endpoint;
+            let ep = &endpoint.target()?;
             match command {
                 ClusterCommand::Init { members } => client::init(ep, client::parse_members(&members)?).await,
                 ClusterCommand::Status { all, json } => status::status(ep, all, json).await,
@@ -370,7 +429,7 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
                 ClusterCommand::Check { json } => status::check(ep, json).await,
             }
         }
-        Command::Snapshot { endpoint } => client::snapshot(&endpoint.endpoint).await,
+        Command::Snapshot { endpoint } => client::snapshot(&endpoint.target()?).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Plugin { command } => plugin_command(command),
         Command::Chaos(args) => chaos::main(args),
@@ -379,6 +438,8 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
 
 fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PluginCommand::Keygen { out } => signing::keygen(&out).map(|()| ExitCode::SUCCESS),
+        PluginCommand::Sign { file, key } => signing::sign(&file, &key).map(|()| ExitCode::SUCCESS),
         PluginCommand::Test {
             file,
             script,

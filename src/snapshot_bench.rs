@@ -13,7 +13,7 @@ use wasmraft::workload::noise;
 use wasmraft_node::pb;
 use wasmraft_node::{Node, NodeConfig, SnapshotConfig};
 
-use crate::client;
+use crate::client::{self, Target};
 use crate::dev::wait_for;
 
 #[derive(clap::Args)]
@@ -100,14 +100,15 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
         leader.inner.leader().map(|_| ())
     })
     .await?;
-    let endpoint = leader.addr().to_string();
+    // The nodes run in this process without TLS or tokens.
+    let endpoint = Target::new(leader.addr(), None, None);
     let plugin = args
         .plugin
         .clone()
         .unwrap_or_else(|| PathBuf::from(wasmraft::plugins::KV));
     let bytes = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
     let mut api = client::connect(&endpoint).await?;
-    crate::deploy::deploy_bytes(&mut api, "kv", bytes, Vec::new(), "", false, |_| {})
+    crate::deploy::deploy_bytes(&mut api, crate::deploy::Upload::new("kv", bytes), |_| {})
         .await
         .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
 
@@ -243,11 +244,11 @@ async fn bench(args: &SnapshotBenchArgs, dir: &Path) -> anyhow::Result<ExitCode>
 }
 
 /// Puts `keys` values through the log with `clients` writers, showing progress.
-async fn load(endpoint: &str, keys: u64, value_size: usize, clients: usize) -> anyhow::Result<()> {
+async fn load(target: &Target, keys: u64, value_size: usize, clients: usize) -> anyhow::Result<()> {
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients as u64 {
-        let mut api = client::connect(endpoint).await?;
+        let mut api = client::connect(target).await?;
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut key = c;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 use wasmraft_node::pb;
 
-use crate::client::{connect, mb, report};
+use crate::client::{Target, connect, mb, report};
 
 /// A node's status as JSON.
 fn to_json(s: &pb::ClusterStatusResponse) -> Value {
@@ -45,8 +45,8 @@ struct Row {
     plugins: Vec<String>,
 }
 
-pub async fn status(endpoint: &str, all: bool, as_json: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn status(target: &Target, all: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let s = match client.cluster_status(pb::ClusterStatusRequest {}).await {
         Ok(resp) => resp.into_inner(),
         Err(status) => return Ok(report(&status)),
@@ -59,29 +59,22 @@ pub async fn status(endpoint: &str, all: bool, as_json: bool) -> anyhow::Result<
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = Vec::new();
-    for member in &s.nodes {
-        let mut row = Row {
-            id: member.id,
-            addr: member.addr.clone(),
-            status: Err(String::new()),
-            plugins: Vec::new(),
-        };
-        match connect(&member.addr).await {
-            Ok(mut api) => {
-                row.status = api
-                    .cluster_status(pb::ClusterStatusRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|e| e.message().to_string());
-                if let Ok(list) = api.list_plugins(pb::ListPluginsRequest {}).await {
-                    row.plugins = list.into_inner().plugins.into_iter().map(|p| p.name).collect();
-                }
-            }
-            Err(e) => row.status = Err(e.to_string()),
-        }
-        rows.push(row);
-    }
+    // The node asks its peers (over the peer connections) and answers for all of them.
+    let members = match client.members(pb::MembersRequest::default()).await {
+        Ok(resp) => resp.into_inner().members,
+        Err(status) => return Ok(report(&status)),
+    };
+    let rows: Vec<Row> = members
+        .into_iter()
+        .map(|m| Row {
+            id: m.id,
+            addr: m.addr,
+            status: m.status.filter(|_| m.error.is_empty()).ok_or(m.error),
+            plugins: m
+                .plugins
+                .map_or_else(Vec::new, |list| list.plugins.into_iter().map(|p| p.name).collect()),
+        })
+        .collect();
     let flagged = wasmraft_node::diverged(rows.iter().filter_map(|r| {
         let s = r.status.as_ref().ok()?;
         Some((r.id, s.digest_index, s.state_digest.as_str()))
@@ -158,8 +151,8 @@ pub async fn status(endpoint: &str, all: bool, as_json: bool) -> anyhow::Result<
 }
 
 /// `cluster check`: every member's digest at the latest common checkpoint.
-pub async fn check(endpoint: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let mut client = connect(endpoint).await?;
+pub async fn check(target: &Target, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = connect(target).await?;
     let checked = match client.check_digests(pb::CheckDigestsRequest {}).await {
         Ok(resp) => resp.into_inner(),
         Err(status) => return Ok(report(&status)),

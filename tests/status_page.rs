@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,19 +17,6 @@ impl Drop for Dev {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A base port whose three gRPC ports and three HTTP ports (base + 100) are all free.
-fn free_base_port() -> u16 {
-    let start = std::process::id() % 600 * 10;
-    (0..600)
-        .map(|i| 33_000 + ((start + i * 10) % 6000) as u16)
-        .find(|base| {
-            [0, 1, 2, 100, 101, 102]
-                .iter()
-                .all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok())
-        })
-        .expect("six free ports in 33000..39000")
 }
 
 /// Runs headless chromium on `url` with `args`, returning its stdout.
@@ -55,10 +41,11 @@ fn chromium(url: &str, args: &[&str], profile: &Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_shows_every_member_the_plugins_the_history_and_a_plugin_error_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+    let base = common::free_dev_base_port();
     let stdout = dir.path().join("dev.out");
     let _dev = Dev(Command::new(env!("CARGO_BIN_EXE_wasmraft"))
-        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        // Plaintext, so a bare client reaches it (the secure dev cluster: tests/security.rs).
+        .args(["dev", "--insecure", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("data"))
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(Stdio::null())

@@ -24,6 +24,8 @@ use wasmraft::linearizability::{Client, History, SessionRetry, lazy_api};
 use wasmraft::workload::{SplitMix, noise};
 use wasmraft_node::pb::{self, api_client::ApiClient};
 
+use crate::context::{Api, Target, connect_lazy};
+use crate::deploy::Upload;
 use crate::dev::wait_for;
 use procs::{Firewall, Procs};
 
@@ -303,6 +305,11 @@ impl Run {
         Ok(lazy_api(&self.addr(id))?.max_decoding_message_size(64 << 20))
     }
 
+    /// A client for deploys (the nodes run `--insecure`: plaintext, no token).
+    fn deployer(&self, id: u64) -> anyhow::Result<Api> {
+        connect_lazy(&Target::new(&self.addr(id), None, None))
+    }
+
     /// The leader as the voters that answer see it (the highest term wins).
     async fn leader(&self) -> Option<u64> {
         let mut best: Option<(u64, u64)> = None;
@@ -337,18 +344,14 @@ impl Run {
             .await
             .map_err(|s| anyhow::anyhow!("initializing the cluster: {}", s.message()))?;
         let leader = self.wait_leader().await?;
-        let mut api = self.api(leader)?;
-        crate::deploy::deploy_bytes(
-            &mut api,
-            "kv",
-            self.plugin.clone(),
-            Vec::new(),
-            "chaos-0",
-            false,
-            |_| {},
-        )
-        .await
-        .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
+        let mut deployer = self.deployer(leader)?;
+        let upload = Upload {
+            label: "chaos-0".into(),
+            ..Upload::new("kv", self.plugin.clone())
+        };
+        crate::deploy::deploy_bytes(&mut deployer, upload, |_| {})
+            .await
+            .map_err(|s| anyhow::anyhow!("deploying kv: {}", s.message()))?;
         for k in 0..FILLER_KEYS {
             let value = noise(k, FILLER_BYTES);
             let put = format!(r#"{{"op":"put","key":"filler-{k}","value":"{value}"}}"#);
@@ -357,7 +360,8 @@ impl Run {
                 payload: put.into_bytes(),
                 session: None,
             };
-            api.call(req)
+            deployer
+                .call(req)
                 .await
                 .map_err(|s| anyhow::anyhow!("writing the filler: {}", s.message()))?;
         }
@@ -538,10 +542,12 @@ impl Run {
             }
             _ => {
                 self.deploys += 1;
-                let mut api = self.api(leader)?;
-                let label = format!("chaos-{}", self.deploys);
-                let deploy =
-                    crate::deploy::deploy_bytes(&mut api, "kv", self.plugin.clone(), Vec::new(), &label, false, |_| {});
+                let mut deployer = self.deployer(leader)?;
+                let upload = Upload {
+                    label: format!("chaos-{}", self.deploys),
+                    ..Upload::new("kv", self.plugin.clone())
+                };
+                let deploy = crate::deploy::deploy_bytes(&mut deployer, upload, |_| {});
                 let _ = tokio::time::timeout(Duration::from_secs(30), deploy).await;
                 DEPLOY
             }

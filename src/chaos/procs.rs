@@ -149,7 +149,7 @@ max_send_bytes_per_sec = 4000000
             .open(&node.log)
             .with_context(|| format!("opening {}", node.log.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.args(["node", "--config"])
+        cmd.args(["node", "--insecure", "--config"])
             .arg(&node.config)
             .env_remove("WASMRAFT_FAILPOINT")
             .stdin(Stdio::null())

@@ -50,6 +50,20 @@ fn free_port() -> u16 {
     }
 }
 
+/// A base port for a 3-node `wasmraft dev` whose client, peer (base + 50) and HTTP (base + 100)
+/// ports are all free.
+pub fn free_dev_base_port() -> u16 {
+    let start = std::process::id() % 600 * 10;
+    (0..600)
+        .map(|i| 33_000 + ((start + i * 10) % 6000) as u16)
+        .find(|base| {
+            [0, 1, 2, 50, 51, 52, 100, 101, 102]
+                .iter()
+                .all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok())
+        })
+        .expect("nine free ports in 33000..39200")
+}
+
 pub struct NodeProc {
     pub id: u64,
     pub addr: String,
@@ -80,7 +94,7 @@ impl NodeProc {
             .open(&self.log)
             .unwrap();
         let child = Command::new(BIN)
-            .args(["node", "--config"])
+            .args(["node", "--insecure", "--config"])
             .arg(&self.config)
             .env(
                 "RUST_LOG",
@@ -358,7 +372,10 @@ pub async fn status_at(addr: &str) -> Option<pb::ClusterStatusResponse> {
 /// Runs the `wasmraft` CLI with `--endpoint`.
 pub async fn cli_at(endpoint: &str, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args).env("WASMRAFT_ENDPOINT", endpoint);
+    // Never the user's dev context: the node is plaintext at `endpoint`.
+    cmd.args(args)
+        .env("WASMRAFT_ENDPOINT", endpoint)
+        .env("WASMRAFT_CONTEXT", "/nonexistent/wasmraft-context.toml");
     cmd.output().await.expect("running wasmraft")
 }
 

@@ -18,7 +18,7 @@ use wasmraft_store::Store;
 
 use crate::cluster::NodeInner;
 use crate::raft::{Faults, LogStore, Network, Raft, StateMachine};
-use crate::security::{PluginTrust, Tokens, TlsConfig};
+use crate::security::{PluginTrust, TlsConfig, Tokens};
 use crate::snapshot::{SnapshotConfig, SnapshotSettings};
 use crate::types::NodeId;
 use crate::util::blocking;
@@ -198,6 +198,7 @@ impl Node {
         let inner = Arc::new(NodeInner {
             id: config.id,
             addr: addr.clone(),
+            client_addr: client_addr.clone(),
             raft,
             shared,
             snapshots,

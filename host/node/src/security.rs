@@ -110,7 +110,9 @@ impl Role {
 pub fn required_role(path: &str) -> Role {
     let method = path.rsplit('/').next().unwrap_or_default();
     match method {
-        "Query" | "ListPlugins" | "ClusterStatus" | "Checkpoints" | "CheckDigests" | "ShadowStatus" => Role::Read,
+        "Query" | "ListPlugins" | "ClusterStatus" | "Checkpoints" | "CheckDigests" | "ShadowStatus" | "Members" => {
+            Role::Read
+        }
         "Call" => Role::Write,
         _ => Role::Admin,
     }
@@ -231,7 +233,9 @@ impl PluginTrust {
             });
         }
         let Some((_, public)) = self.keys.iter().find(|(id, _)| id == key_id) else {
-            return Err(format!("component {sha256} is signed by key {key_id:?}, which this node does not trust"));
+            return Err(format!(
+                "component {sha256} is signed by key {key_id:?}, which this node does not trust"
+            ));
         };
         UnparsedPublicKey::new(&ED25519, public)
             .verify(&signed_message(sha256), signature)
@@ -256,8 +260,11 @@ mod tests {
 
     #[test]
     fn a_token_has_the_role_its_sha256_is_listed_with_and_others_have_none() {
-        let tokens = Tokens::new([(token_sha256("r").as_str(), Role::Read), (token_sha256("a").as_str(), Role::Admin)])
-            .unwrap();
+        let tokens = Tokens::new([
+            (token_sha256("r").as_str(), Role::Read),
+            (token_sha256("a").as_str(), Role::Admin),
+        ])
+        .unwrap();
         assert_eq!(tokens.role_of("r"), Some(Role::Read));
         assert_eq!(tokens.role_of("a"), Some(Role::Admin));
         assert_eq!(tokens.role_of("x"), None);
@@ -276,9 +283,19 @@ mod tests {
         let trust = PluginTrust::new([public.as_str()], []).unwrap();
         assert_eq!(trust.check(&sha, signature.as_ref(), &id), Ok(()));
         let other = "cd".repeat(32);
-        assert!(trust.check(&other, signature.as_ref(), &id).unwrap_err().contains("does not verify"));
+        assert!(
+            trust
+                .check(&other, signature.as_ref(), &id)
+                .unwrap_err()
+                .contains("does not verify")
+        );
         assert!(trust.check(&sha, b"", "").unwrap_err().contains("not signed"));
-        assert!(trust.check(&sha, signature.as_ref(), "0000").unwrap_err().contains("does not trust"));
+        assert!(
+            trust
+                .check(&sha, signature.as_ref(), "0000")
+                .unwrap_err()
+                .contains("does not trust")
+        );
         let allowed = PluginTrust::new([], [sha.as_str()]).unwrap();
         assert_eq!(allowed.check(&sha, b"", ""), Ok(()));
         assert!(allowed.check(&other, b"", "").unwrap_err().contains("allowed_sha256"));

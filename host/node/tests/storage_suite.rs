@@ -18,7 +18,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         let dir = tempfile::tempdir().map_err(|e| fail(&e))?;
         let store = Store::open(dir.path().join("db")).map_err(|e| fail(&e))?;
         let settings = SnapshotSettings::new(dir.path().join("snapshots"), &SnapshotConfig::default());
-        let sm = StateMachine::open(1, store.clone(), self.runtime.clone(), settings, Default::default()).map_err(|e| fail(&e))?;
+        let sm = StateMachine::open(1, store.clone(), self.runtime.clone(), settings, Default::default())
+            .map_err(|e| fail(&e))?;
         Ok((dir, LogStore::new(store), sm))
     }
 }

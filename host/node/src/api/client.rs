@@ -314,11 +314,15 @@ impl pb::api_server::Api for ApiService {
         &self,
         req: Request<pb::ShadowStatusRequest>,
     ) -> Result<Response<pb::ShadowStatusResponse>, Status> {
-        let name = req.into_inner().name;
-        Ok(Response::new(pb::ShadowStatusResponse {
-            node: self.0.id,
-            applied_index: self.0.shared.state_digest().0,
-            shadow: self.0.shared.shadow(&name).map(|s| s.record()),
+        Ok(Response::new(self.0.shadow_status(&req.into_inner().name)))
+    }
+
+    async fn members(&self, req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        let shadow = req.into_inner().shadow;
+        let shadow = (!shadow.is_empty()).then_some(shadow.as_str());
+        let members = self.0.members(shadow).await;
+        Ok(Response::new(pb::MembersResponse {
+            members: members.iter().map(|m| m.to_pb()).collect(),
         }))
     }
 

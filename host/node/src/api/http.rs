@@ -134,7 +134,7 @@ impl NodeInner {
 
     /// What the status page shows: every member, the plugins, this node's history and errors.
     pub async fn status_json(&self) -> Value {
-        let members = self.members().await;
+        let members = self.members(None).await;
         let flagged = diverged(members.iter().filter_map(|m| {
             let s = m.status.as_ref().ok()?;
             Some((m.id, s.digest_index, s.state_digest.as_str()))
@@ -162,7 +162,7 @@ impl NodeInner {
                     "digest_index": s.digest_index,
                     "diverged": flagged.get(&m.id),
                     "snapshot_index": s.snapshot.as_ref().and_then(|snap| snap.last_log_id.as_ref()).map(|id| id.index),
-                    "plugins": m.plugins.iter().map(|p| json!({"name": p.name, "sha256": p.sha256})).collect::<Vec<_>>(),
+                    "plugins": m.plugins.plugins.iter().map(|p| json!({"name": p.name, "sha256": p.sha256})).collect::<Vec<_>>(),
                 }),
                 Err(e) => json!({"id": m.id, "addr": m.addr, "reachable": false, "error": e}),
             })

@@ -19,7 +19,7 @@ use tonic::Status;
 
 use crate::cluster::NodeInner;
 use crate::pb;
-use crate::security::{Tokens, TlsConfig};
+use crate::security::{TlsConfig, Tokens};
 use crate::types::TypeConfig;
 use crate::wire::Malformed;
 

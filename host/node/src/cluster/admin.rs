@@ -159,6 +159,7 @@ impl NodeInner {
             joint: membership.get_joint_config().len() > 1,
             snapshot: Some(self.snapshot_status()),
             usage: Some(self.usage()),
+            client_addr: self.client_addr.clone(),
         }
     }
 

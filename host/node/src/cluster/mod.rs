@@ -34,6 +34,8 @@ pub struct NodeInner {
     pub id: NodeId,
     /// Where peers reach this node (its address in the membership).
     pub addr: String,
+    /// Where clients reach it.
+    pub client_addr: String,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub snapshots: Arc<Snapshots>,

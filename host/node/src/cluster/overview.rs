@@ -17,7 +17,22 @@ pub struct Member {
     pub id: u64,
     pub addr: String,
     pub status: Result<pb::ClusterStatusResponse, String>,
-    pub plugins: Vec<pb::PluginInfo>,
+    pub plugins: pb::ListPluginsResponse,
+    /// Its view of the shadow run asked about, if one was.
+    pub shadow: Option<pb::ShadowStatusResponse>,
+}
+
+impl Member {
+    pub fn to_pb(&self) -> pb::MemberView {
+        pb::MemberView {
+            id: self.id,
+            addr: self.addr.clone(),
+            error: self.status.as_ref().err().cloned().unwrap_or_default(),
+            status: self.status.as_ref().ok().cloned(),
+            plugins: Some(self.plugins.clone()),
+            shadow: self.shadow.clone(),
+        }
+    }
 }
 
 /// The members whose digest differs from the one most members report at the same applied index,
@@ -46,8 +61,9 @@ pub fn diverged<'a>(members: impl IntoIterator<Item = (u64, u64, &'a str)>) -> B
 }
 
 impl NodeInner {
-    /// Asks every member (this node included, directly) for its status and plugins, in parallel.
-    pub async fn members(&self) -> Vec<Member> {
+    /// Asks every member (this node included, directly) for its status and plugins, and its view
+    /// of the `shadow` plugin's shadow run when one is named, in parallel.
+    pub async fn members(&self, shadow: Option<&str>) -> Vec<Member> {
         let own = self.status();
         let own = &own;
         let asks = own.nodes.iter().map(|n| async move {
@@ -56,7 +72,8 @@ impl NodeInner {
                     id: n.id,
                     addr: n.addr.clone(),
                     status: Ok(own.clone()),
-                    plugins: self.list_plugins().plugins,
+                    plugins: self.list_plugins(),
+                    shadow: shadow.map(|name| self.shadow_status(name)),
                 };
             }
             let ask = async {
@@ -71,23 +88,46 @@ impl NodeInner {
                     .list_plugins(pb::ListPluginsRequest {})
                     .await
                     .map_err(|e| e.message().to_string())?
-                    .into_inner()
-                    .plugins;
-                Ok::<_, String>((status, plugins))
+                    .into_inner();
+                let shadow = match shadow {
+                    Some(name) => {
+                        let request = pb::ShadowStatusRequest { name: name.to_string() };
+                        Some(
+                            api.shadow_status(request)
+                                .await
+                                .map_err(|e| e.message().to_string())?
+                                .into_inner(),
+                        )
+                    }
+                    None => None,
+                };
+                Ok::<_, String>((status, plugins, shadow))
             };
-            let (status, plugins) = match tokio::time::timeout(MEMBER_TIMEOUT, ask).await {
-                Ok(Ok((status, plugins))) => (Ok(status), plugins),
-                Ok(Err(e)) => (Err(e), Vec::new()),
-                Err(_) => (Err(format!("no answer within {MEMBER_TIMEOUT:?}")), Vec::new()),
+            let answer = tokio::time::timeout(MEMBER_TIMEOUT, ask)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {MEMBER_TIMEOUT:?}")));
+            let (status, plugins, shadow) = match answer {
+                Ok((status, plugins, shadow)) => (Ok(status), plugins, shadow),
+                Err(e) => (Err(e), pb::ListPluginsResponse::default(), None),
             };
             Member {
                 id: n.id,
                 addr: n.addr.clone(),
                 status,
                 plugins,
+                shadow,
             }
         });
         futures::future::join_all(asks).await
+    }
+
+    /// This node's view of `name`'s shadow run.
+    pub fn shadow_status(&self, name: &str) -> pb::ShadowStatusResponse {
+        pb::ShadowStatusResponse {
+            node: self.id,
+            applied_index: self.shared.state_digest().0,
+            shadow: self.shared.shadow(name).map(|s| s.record()),
+        }
     }
 }
 

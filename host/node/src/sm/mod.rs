@@ -94,10 +94,12 @@ impl Machine {
             return Ok(());
         }
         let trust = &self.shared.plugin_trust;
-        trust.check(&activate.sha256, &activate.signature, &activate.key_id).map_err(|e| {
-            error!(plugin = %activate.name, index, "refusing to run an untrusted component; apply stops: {e}");
-            io_err(format!("activate {}: {e}", activate.name))
-        })
+        trust
+            .check(&activate.sha256, &activate.signature, &activate.key_id)
+            .map_err(|e| {
+                error!(plugin = %activate.name, index, "refusing to run an untrusted component; apply stops: {e}");
+                io_err(format!("activate {}: {e}", activate.name))
+            })
     }
 
     pub fn open(id: u64, store: Store, runtime: Runtime, plugin_trust: PluginTrust) -> io::Result<Self> {

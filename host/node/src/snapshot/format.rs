@@ -171,9 +171,14 @@ pub(crate) fn validate_header(header: &pb::SnapshotHeader) -> Result<(), Rejecti
         return bad("its header has no membership".into());
     }
     let registry = registry(header);
-    for (what, count) in [("plugins", registry.plugins.len()), ("shadow runs", registry.shadows.len())] {
+    for (what, count) in [
+        ("plugins", registry.plugins.len()),
+        ("shadow runs", registry.shadows.len()),
+    ] {
         if count > MAX_SNAPSHOT_PLUGINS {
-            return bad(format!("its header lists {count} {what} (at most {MAX_SNAPSHOT_PLUGINS})"));
+            return bad(format!(
+                "its header lists {count} {what} (at most {MAX_SNAPSHOT_PLUGINS})"
+            ));
         }
     }
     let plugins: Vec<_> = registry.plugins.iter().map(Some).collect();
@@ -185,13 +190,20 @@ pub(crate) fn validate_header(header: &pb::SnapshotHeader) -> Result<(), Rejecti
                 return bad(format!("its header has a {kind} without a plugin"));
             };
             if wasmraft_store::check_space(&plugin.name).is_err() {
-                return bad(format!("its header names a {kind} {:?}: not a valid plugin name", plugin.name));
+                return bad(format!(
+                    "its header names a {kind} {:?}: not a valid plugin name",
+                    plugin.name
+                ));
             }
             if !seen.insert(plugin.name.as_str()) {
                 return bad(format!("its header lists the {kind} {:?} twice", plugin.name));
             }
             if plugin.history.len() > MAX_SNAPSHOT_HISTORY {
-                return bad(format!("{kind} {} lists {} earlier versions", plugin.name, plugin.history.len()));
+                return bad(format!(
+                    "{kind} {} lists {} earlier versions",
+                    plugin.name,
+                    plugin.history.len()
+                ));
             }
             let ids = std::iter::once(&plugin.sha256).chain(plugin.history.iter().map(|v| &v.sha256));
             if let Some(id) = ids.into_iter().find(|id| !is_component_id(id)) {

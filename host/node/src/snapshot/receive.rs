@@ -38,7 +38,9 @@ impl Incoming {
         if size.saturating_add(DISK_RESERVE_BYTES) > free {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
-                format!("a snapshot of {size} bytes does not fit: {free} bytes free, {DISK_RESERVE_BYTES} kept in reserve"),
+                format!(
+                    "a snapshot of {size} bytes does not fit: {free} bytes free, {DISK_RESERVE_BYTES} kept in reserve"
+                ),
             ));
         }
         let id = hex::encode(sha256);
