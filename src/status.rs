@@ -19,12 +19,19 @@ fn to_json(s: &pb::ClusterStatusResponse) -> Value {
             "sent": snap.sent,
             "installed": snap.installed,
             "building": snap.building,
+            "rejected": {
+                "corrupted": snap.rejected_corrupted,
+                "truncated": snap.rejected_truncated,
+                "stale": snap.rejected_stale,
+                "format": snap.rejected_format,
+            },
         })
     });
     json!({
         "id": s.id,
         "state": s.state,
         "term": s.term,
+        "client_addr": s.client_addr,
         "leader_id": s.leader_id,
         "last_log_index": s.last_log_index,
         "committed_index": s.committed_index,

@@ -36,7 +36,7 @@ where
 
 /// A port that is free now, below Linux's ephemeral range (32768 and up): a port the kernel
 /// handed out for `:0` can be taken by an outgoing connection before the node binds it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     // Each test process starts at its own place in 20000..32000.

@@ -223,3 +223,122 @@ pub fn stream_result_from_pb(resp: pb::AppendResponse) -> Result<StreamAppendRes
         R::HigherVote(v) => Ok(Err(StreamAppendError::HigherVote(vote_from_pb(Some(&v))?))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: a fixed sequence of test inputs.
+    struct Noise(u64);
+
+    impl Noise {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+
+        /// `bytes` with a few bytes flipped, cut, or inserted; or noise of its own.
+        fn mutate(&mut self, bytes: &[u8]) -> Vec<u8> {
+            let mut out = bytes.to_vec();
+            match self.below(4) {
+                0 => (0..64).map(|_| self.next() as u8).collect(),
+                1 => {
+                    out.truncate(self.below(bytes.len() + 1));
+                    out
+                }
+                2 => {
+                    let at = self.below(out.len() + 1);
+                    out.splice(at..at, (0..self.below(8) + 1).map(|_| self.next() as u8));
+                    out
+                }
+                _ => {
+                    for _ in 0..self.below(4) + 1 {
+                        if !out.is_empty() {
+                            let at = self.below(out.len());
+                            out[at] ^= 1 << self.below(8);
+                        }
+                    }
+                    out
+                }
+            }
+        }
+    }
+
+    fn sample_append() -> pb::AppendRequest {
+        let membership = pb::Membership {
+            configs: vec![pb::NodeIdSet { ids: vec![1, 2, 3] }],
+            nodes: [(1, "http://a".to_string()), (2, "http://b".to_string())].into(),
+        };
+        pb::AppendRequest {
+            vote: Some(pb::Vote {
+                term: 3,
+                voted_for: Some(1),
+                committed: true,
+            }),
+            prev_log_id: Some(pb::LogId { term: 2, index: 9 }),
+            entries: vec![
+                pb::Entry {
+                    log_id: Some(pb::LogId { term: 3, index: 10 }),
+                    payload: Some(pb::entry::Payload::Blank(pb::Blank {})),
+                },
+                pb::Entry {
+                    log_id: Some(pb::LogId { term: 3, index: 11 }),
+                    payload: Some(pb::entry::Payload::Membership(membership)),
+                },
+            ],
+            leader_commit: Some(pb::LogId { term: 3, index: 10 }),
+        }
+    }
+
+    /// A node decodes whatever a peer sends: random and mutated bytes must come out as a
+    /// message or an error, never a panic.
+    #[test]
+    fn random_and_mutated_peer_messages_never_panic_the_decoders() {
+        let mut noise = Noise(0x9E37_79B9_7F4A_7C15);
+        let append = sample_append().encode_to_vec();
+        let vote = pb::VoteRequest {
+            vote: Some(pb::Vote {
+                term: 3,
+                voted_for: Some(2),
+                committed: false,
+            }),
+            last_log_id: Some(pb::LogId { term: 2, index: 9 }),
+            leadership_transfer: false,
+        }
+        .encode_to_vec();
+        let response = append_response(pb::append_response::Result::HigherVote(pb::Vote::default())).encode_to_vec();
+        let (mut decoded, mut converted) = (0, 0);
+        for _ in 0..20_000 {
+            if let Ok(req) = pb::AppendRequest::decode(noise.mutate(&append).as_slice()) {
+                decoded += 1;
+                converted += usize::from(append_request_from_pb(req).is_ok());
+            }
+            if let Ok(req) = pb::VoteRequest::decode(noise.mutate(&vote).as_slice()) {
+                decoded += 1;
+                converted += usize::from(vote_request_from_pb(&req).is_ok());
+            }
+            if let Ok(resp) = pb::AppendResponse::decode(noise.mutate(&response).as_slice()) {
+                decoded += 1;
+                let _ = append_response_from_pb(resp.clone());
+                let _ = stream_result_from_pb(resp);
+            }
+            if let Ok(resp) = pb::VoteResponse::decode(noise.mutate(&vote).as_slice()) {
+                let _ = vote_response_from_pb(resp);
+            }
+            if let Ok(m) = pb::StoredMembership::decode(noise.mutate(&append).as_slice()) {
+                let _ = stored_membership_from_pb(&m);
+            }
+        }
+        // The mutations reached the conversions, not only the protobuf decoder.
+        assert!(
+            decoded > 5_000 && converted > 1_000,
+            "decoded {decoded}, converted {converted}"
+        );
+    }
+}

@@ -508,6 +508,96 @@ mod tests {
     }
 
     #[test]
+    fn a_header_with_a_bad_or_duplicate_plugin_name_or_no_membership_is_rejected() {
+        let named = |names: &[&str]| pb::SnapshotHeader {
+            registry: Some(pb::Registry {
+                plugins: names
+                    .iter()
+                    .map(|name| pb::RegisteredPlugin {
+                        name: name.to_string(),
+                        sha256: "ab".repeat(32),
+                        ..Default::default()
+                    })
+                    .collect(),
+                shadows: Vec::new(),
+            }),
+            ..header(FORMAT, 9)
+        };
+        assert!(validate_header(&named(&["kv", "bank"])).is_ok());
+        for (header, reason) in [
+            (named(&["kv\0x"]), "not a valid plugin name"),
+            (named(&["KV"]), "not a valid plugin name"),
+            (named(&[""]), "not a valid plugin name"),
+            (named(&["kv", "kv"]), "twice"),
+            (
+                pb::SnapshotHeader {
+                    membership: None,
+                    ..named(&["kv"])
+                },
+                "no membership",
+            ),
+        ] {
+            let rejection = validate_header(&header).unwrap_err().to_string();
+            assert!(rejection.contains(reason), "{rejection}");
+        }
+        let mut bad_id = named(&["kv"]);
+        bad_id.registry.as_mut().unwrap().plugins[0].sha256 = "../../etc".into();
+        assert!(
+            validate_header(&bad_id)
+                .unwrap_err()
+                .to_string()
+                .contains("not a component id")
+        );
+        let many: Vec<String> = (0..=MAX_SNAPSHOT_PLUGINS).map(|i| format!("p{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(
+            validate_header(&named(&many))
+                .unwrap_err()
+                .to_string()
+                .contains("at most")
+        );
+    }
+
+    /// A node reads whatever file a sender streamed: random and mutated files must be refused
+    /// (or, if whole, accepted), never panic the readers.
+    #[test]
+    fn random_and_mutated_snapshot_files_are_refused_without_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        write_sample(&path, &header(FORMAT, 9));
+        let good = fs::read(&path).unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut refused = 0;
+        for round in 0..2_000 {
+            let mut bytes = good.clone();
+            match round % 4 {
+                0 => bytes = (0..(next() % 200) as usize).map(|_| next() as u8).collect(),
+                1 => bytes.truncate((next() % good.len() as u64) as usize),
+                2 => {
+                    // Inside the magic, the header length or the header itself.
+                    let at = (next() % 64.min(good.len() as u64)) as usize;
+                    bytes[at] ^= 1 << (next() % 8);
+                }
+                _ => {
+                    let at = (next() % good.len() as u64) as usize;
+                    bytes[at] ^= 1 << (next() % 8);
+                }
+            }
+            fs::write(&path, &bytes).unwrap();
+            let _ = read_header(&path);
+            let _ = identity(&path);
+            refused += usize::from(check(&path).is_err());
+        }
+        assert!(refused > 1_900, "{refused} of 2000 damaged files refused");
+    }
+
+    #[test]
     fn an_unknown_format_is_rejected_as_such() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.snap");
