@@ -104,7 +104,7 @@ fn polyglot_plugins(repo: &Path) -> Vec<(&'static str, Vec<PathBuf>, Vec<String>
     vec![
         (
             "kv-py",
-            vec![repo.join("plugins/kv-py")],
+            vec![repo.join("plugins/kv-py"), repo.join("sdk/python/wasmraft_sdk")],
             vec![
                 path(tools.join("venv/bin/componentize-py")),
                 "-d".into(),
@@ -114,31 +114,19 @@ fn polyglot_plugins(repo: &Path) -> Vec<(&'static str, Vec<PathBuf>, Vec<String>
                 "componentize".into(),
                 "-p".into(),
                 path(repo.join("plugins/kv-py")),
+                "-p".into(),
+                path(repo.join("sdk/python")),
                 "app".into(),
                 "-o".into(),
             ],
         ),
         (
             "kv-js",
-            vec![repo.join("plugins/kv-js")],
-            vec![
-                path(tools.join("node_modules/.bin/componentize-js")),
-                path(repo.join("plugins/kv-js/kv.js")),
-                "--wit".into(),
-                path(repo.join("wit")),
-                "--world-name".into(),
-                "state-machine".into(),
-                // Nothing we do not provide: no stdio, random, clocks or http imports.
-                "-d".into(),
-                "stdio".into(),
-                "random".into(),
-                "clocks".into(),
-                "http".into(),
-                "fetch-event".into(),
-                "-o".into(),
-            ],
+            vec![repo.join("plugins/kv-js"), repo.join("sdk/js")],
+            // Bundles kv.js with the SDK (rolldown), then componentize-js, both from tools/.
+            vec![path(repo.join("sdk/js/build.mjs")), path(repo.join("plugins/kv-js/kv.js"))],
         ),
-        ("kv-c", vec![repo.join("plugins/kv-c")], vec![path(repo.join("plugins/kv-c/build.sh"))]),
+        ("kv-c", vec![repo.join("plugins/kv-c"), repo.join("sdk/c")], vec![path(repo.join("plugins/kv-c/build.sh"))]),
     ]
 }
 
