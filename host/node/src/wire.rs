@@ -325,7 +325,7 @@ mod tests {
             }
             if let Ok(resp) = pb::AppendResponse::decode(noise.mutate(&response).as_slice()) {
                 decoded += 1;
-                let _ = append_response_from_pb(resp.clone());
+                let _ = append_response_from_pb(resp);
                 let _ = stream_result_from_pb(resp);
             }
             if let Ok(resp) = pb::VoteResponse::decode(noise.mutate(&vote).as_slice()) {

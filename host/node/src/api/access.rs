@@ -73,12 +73,9 @@ fn member_refusal<B>(node: &NodeInner, request: &http::Request<B>) -> Option<Sta
         return Some(Status::unauthenticated("peers present a certificate"));
     };
     let membership = node.raft.metrics().borrow_watched().membership_config.clone();
-    let mut members = membership.membership().nodes().map(|(id, _)| *id).peekable();
-    if members.peek().is_none() {
-        // No members yet: the CA's word is all there is (the TLS handshake checked it).
-        return None;
-    }
-    if members.any(|id| certificate_names(cert, &node_name(id))) {
+    let members: Vec<_> = membership.membership().nodes().map(|(id, _)| *id).collect();
+    // No members yet: the CA's word is all there is (the TLS handshake checked it).
+    if members.is_empty() || members.iter().any(|id| certificate_names(cert, &node_name(*id))) {
         return None;
     }
     Some(Status::permission_denied(
