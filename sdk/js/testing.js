@@ -191,7 +191,7 @@ export class TestHost {
   #write(key, value) {
     if (this.#readOnly) {
       // The real host aborts the call: nothing the plugin catches can undo that.
-      this.#refused ??= `read-only: ${this.#readOnly} tried to write to kv`;
+      this.#refused ??= `read-only: a ${this.#readOnly} tried to write to kv`;
       throw new Error(this.#refused);
     }
     if (!this.#overlay) throw new Error('kv write outside init, an entry or a restore');

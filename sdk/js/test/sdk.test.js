@@ -52,7 +52,7 @@ test('error text: a PluginError or a thrown string as is, other errors with thei
 
 test('a write in a query fails the query even when the plugin catches the exception', async () => {
   const host = await TestHost.load(fixture('query-writes'));
-  assert.deepEqual(host.query('x'), { err: 'read-only: query tried to write to kv' });
+  assert.deepEqual(host.query('x'), { err: 'read-only: a query tried to write to kv' });
   assert.deepEqual(host.kv(), []);
 });
 
