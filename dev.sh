@@ -8,13 +8,14 @@
 # for the status page's browser test (apt-get), the wasm32-wasip2 Rust target, rustfmt and clippy, and
 # the non-Rust plugin toolchains into tools/ (pinned in tools/requirements.txt, tools/package.json
 # with its lock, and WIT_BINDGEN_VERSION below): componentize-py, zig and wasm-tools in a Python
-# venv, componentize-js with npm, wit-bindgen's C generator with cargo.
+# venv, componentize-js with npm, wit-bindgen's C generator and cargo-deny with cargo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 step() { printf '\n==> %s\n' "$*"; }
 
 WIT_BINDGEN_VERSION=0.63.0
+CARGO_DENY_VERSION=0.20.2
 
 setup() {
     if ! command -v cargo >/dev/null; then
@@ -92,6 +93,11 @@ setup_plugin_tools() {
         # --debug: it only generates a few files per build, and builds in half the time.
         cargo install --quiet --debug --locked "wit-bindgen-cli@$WIT_BINDGEN_VERSION" --no-default-features --features c --root tools/cargo
     fi
+    if ! [ -x tools/cargo/bin/cargo-deny ] || ! tools/cargo/bin/cargo-deny --version | grep -q "$CARGO_DENY_VERSION"; then
+        step "installing cargo-deny $CARGO_DENY_VERSION (dependency licenses, bans and sources) into tools/cargo"
+        # --debug and no default features (no advisory fetching): about 2 minutes on 2 cores.
+        cargo install --quiet --debug --locked "cargo-deny@$CARGO_DENY_VERSION" --no-default-features --root tools/cargo
+    fi
 }
 
 run() {
@@ -107,6 +113,8 @@ test() {
     step "cargo fmt --check"
     cargo fmt --all -- --check
     cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
+    step "cargo deny check bans licenses sources (deny.toml)"
+    tools/cargo/bin/cargo-deny --log-level error check bans licenses sources
     step "cargo clippy (host workspace, all targets)"
     cargo clippy --workspace --all-targets -- -D warnings
     step "cargo clippy (plugins, wasm32-wasip2)"
