@@ -48,4 +48,94 @@ fn main() {
     }
     code += "];\n";
     std::fs::write(out_dir.join("plugins.rs"), code).expect("writing plugins.rs");
+    embed_project_files(&repo, &out_dir);
+}
+
+/// What `wasmraft new` writes, built into the binary (`$OUT_DIR/templates.rs`): each language's
+/// template (`templates/LANG/`, with `{{name}}`, `{{crate}}` and `{{tools}}` placeholders) and
+/// the SDK files it copies into the project beside them, as `(lang, path in the project, text)`.
+fn embed_project_files(repo: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed=templates");
+    let mut files: Vec<(String, String, PathBuf)> = Vec::new();
+    for lang in ["rust", "python", "js", "c"] {
+        let root = repo.join("templates").join(lang);
+        for path in walk(&root) {
+            let rel = path.strip_prefix(&root).expect("under the root").display().to_string();
+            files.push((lang.into(), rel, path));
+        }
+    }
+    let sdk: [(&str, &str, &str); 4] = [
+        ("rust", "guest-sdk", "wasmraft-guest"),
+        ("python", "sdk/python/wasmraft_sdk", "wasmraft_sdk"),
+        ("js", "sdk/js", "sdk"),
+        ("c", "sdk/c", "sdk"),
+    ];
+    let mut vendored: Vec<(String, String, PathBuf)> = Vec::new();
+    for (lang, from, to) in sdk {
+        let root = repo.join(from);
+        for path in walk(&root) {
+            let rel = path.strip_prefix(&root).expect("under the root");
+            // The SDK's own code: not its tests, docs or build leftovers.
+            let keep = match lang {
+                "rust" => rel.starts_with("src") || rel == Path::new("Cargo.toml"),
+                "python" => path.extension().is_some_and(|e| e == "py"),
+                "js" => ["wasmraft-sdk.js", "testing.js", "entry.js", "build.mjs"]
+                    .iter()
+                    .any(|f| rel == Path::new(f)),
+                _ => path.extension().is_some_and(|e| e == "c" || e == "h"),
+            };
+            if keep {
+                vendored.push((lang.into(), format!("{to}/{}", rel.display()), path));
+            }
+        }
+        let wit = if lang == "rust" {
+            "wasmraft-guest/wit/plugin.wit"
+        } else {
+            "wit/plugin.wit"
+        };
+        vendored.push((lang.into(), wit.into(), repo.join("wit/plugin.wit")));
+    }
+    let list = |name: &str, doc: &str, files: &[(String, String, PathBuf)]| {
+        let mut code = format!("/// {doc}\npub const {name}: &[(&str, &str, &str)] = &[\n");
+        for (lang, rel, path) in files {
+            code += &format!(
+                "    ({lang:?}, {rel:?}, include_str!({:?})),\n",
+                path.display().to_string()
+            );
+        }
+        code + "];\n"
+    };
+    let code = list("TEMPLATES", "Each language's project template.", &files)
+        + &list(
+            "SDK_FILES",
+            "The SDK files a project of each language gets a copy of.",
+            &vendored,
+        );
+    std::fs::write(out_dir.join("templates.rs"), code).expect("writing templates.rs");
+}
+
+/// Every file under `dir` (none if it does not exist), in a stable order.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path
+            .file_name()
+            .is_some_and(|n| n == "__pycache__" || n == "node_modules" || n == "target")
+        {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

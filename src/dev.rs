@@ -344,7 +344,6 @@ pub async fn node(path: &Path, insecure: bool) -> anyhow::Result<ExitCode> {
             node = id,
             "INSECURE (--insecure): TLS and tokens are off unless configured; anyone who reaches this node's ports can deploy code, change membership and read all state"
         );
-        eprintln!("WARNING: node {id} runs --insecure: anyone who reaches its ports can do anything");
     } else {
         let mut missing = Vec::new();
         if config.tls.is_none() {

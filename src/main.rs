@@ -19,6 +19,7 @@ mod context;
 mod deploy;
 mod dev;
 mod progress;
+mod project;
 mod signing;
 mod snapshot_bench;
 mod status;
@@ -83,6 +84,16 @@ enum Command {
         #[arg(long)]
         insecure: bool,
     },
+    /// Create a plugin project in the folder NAME (sources, tests in the language's own runner,
+    /// a README with the build, test and deploy commands, and a copy of the SDK).
+    New {
+        name: String,
+        #[arg(long, value_enum)]
+        lang: project::Lang,
+    },
+    /// Build the plugin project in DIR (default: here) into DIR/target/NAME.wasm with the pinned
+    /// toolchains, and check it loads as a node would load it.
+    Build { dir: Option<PathBuf> },
     /// Make certificates: a cluster CA, node certificates.
     Certs {
         #[command(subcommand)]
@@ -338,6 +349,8 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin { command } => plugin_command(command),
+        Command::New { name, lang } => project::new(&name, lang),
+        Command::Build { dir } => project::build(dir.as_deref().unwrap_or(std::path::Path::new("."))),
         // Before any runtime: it may run itself again in a network namespace of its own.
         Command::Chaos(args) => chaos::main(args),
         command => tokio_runtime()?.block_on(cluster_command(command)),
@@ -433,6 +446,8 @@ async fn cluster_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Plugin { command } => plugin_command(command),
         Command::Chaos(args) => chaos::main(args),
+        Command::New { name, lang } => project::new(&name, lang),
+        Command::Build { dir } => project::build(dir.as_deref().unwrap_or(std::path::Path::new("."))),
     }
 }
 

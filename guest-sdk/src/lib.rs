@@ -73,7 +73,7 @@ pub mod __private {
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "state-machine",
         pub_export_macro: true,
         export_macro_name: "__export_state_machine",

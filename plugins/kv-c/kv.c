@@ -96,7 +96,8 @@ static bool handle(wr_bytes payload, bool is_query, wr_result *r) {
   int op = 0;
   while (op < OP_COUNT && !wr_eq(name, wr_str(OPS[op][0]))) op++;
   err = op == OP_COUNT ? "unknown or missing op" : wr_json_check(&cmd, OPS[op][1]);
-  if (!err && wr_json_get(&cmd, "limit")->num > UINT32_MAX) err = "limit out of range";
+  const wr_json_value *limit = wr_json_get(&cmd, "limit");
+  if (!err && (limit->num > UINT32_MAX || limit->negative)) err = "limit out of range";
   bool ok;
   if (err) {
     ok = wr_err(r, "malformed %s: %s", what, err);

@@ -557,7 +557,12 @@ static const char *parse_value(cursor *c, wr_json_value *v) {
     v->num = 1;
   } else if (take(c, "false")) {
     v->kind = WR_JSON_BOOL;
-  } else if (*c->p >= '0' && *c->p <= '9') {
+  } else if ((*c->p >= '0' && *c->p <= '9') || *c->p == '-') {
+    if (*c->p == '-') {
+      c->p++;
+      if (c->p >= c->end || *c->p < '0' || *c->p > '9') return "invalid number";
+      v->negative = true;
+    }
     if (*c->p == '0' && c->end - c->p > 1 && c->p[1] >= '0' && c->p[1] <= '9') return "invalid number";
     v->kind = WR_JSON_INT;
     while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
@@ -566,6 +571,7 @@ static const char *parse_value(cursor *c, wr_json_value *v) {
       v->num = v->num * 10 + d;
     }
     if (c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E')) return "expected an integer";
+    if (v->num == 0) v->negative = false;  // -0 is 0
   } else {
     return "expected a string, null, a boolean or an integer";
   }

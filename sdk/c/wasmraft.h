@@ -112,7 +112,8 @@ enum wr_json_kind { WR_JSON_ABSENT, WR_JSON_NULL, WR_JSON_BOOL, WR_JSON_INT, WR_
 typedef struct {
   enum wr_json_kind kind;
   wr_bytes str;  // WR_JSON_STRING: the decoded UTF-8, NUL-terminated (len excludes it)
-  uint64_t num;  // WR_JSON_INT: the value; WR_JSON_BOOL: 0 or 1
+  uint64_t num;  // WR_JSON_INT: the magnitude; WR_JSON_BOOL: 0 or 1
+  bool negative; // WR_JSON_INT: below zero (-num)
 } wr_json_value;
 
 #define WR_JSON_MAX_FIELDS 16

@@ -2,7 +2,8 @@
 // Builds a JavaScript plugin (an ES module whose default export is a state machine) into a
 // wasmraft component: rolldown bundles it with the SDK into one module, componentize-js turns
 // that into a component of the world `state-machine`. Tools come from tools/node_modules
-// (installed by ./dev.sh setup), at the versions pinned in tools/package-lock.json.
+// (installed by ./dev.sh setup; $WASMRAFT_TOOLS names another tools/), at the versions pinned in
+// tools/package-lock.json; the WIT from wit/ ($WASMRAFT_WIT).
 //
 // Usage: sdk/js/build.mjs PLUGIN.js OUT.wasm
 
@@ -14,7 +15,10 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../..');
-const modules = join(repo, 'tools/node_modules');
+// In this repository, tools/ and wit/ beside it; in a project made by `wasmraft new` (which has
+// its own copy of this file), `wasmraft build` says where they are.
+const modules = join(process.env.WASMRAFT_TOOLS ?? join(repo, 'tools'), 'node_modules');
+const wit = process.env.WASMRAFT_WIT ?? join(repo, 'wit');
 
 const [plugin, out] = process.argv.slice(2);
 if (!plugin || !out) {
@@ -44,7 +48,7 @@ try {
   });
   const { component } = await componentize({
     sourcePath: bundle,
-    witPath: join(repo, 'wit'),
+    witPath: wit,
     worldName: 'state-machine',
     // Nothing we do not provide: no stdio, random, clocks or http imports.
     disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],

@@ -37,3 +37,5 @@ pub use node::{Node, NodeConfig, RaftConfig};
 pub use raft::{Faults, LinkFault, LogStore, Raft, StateMachine};
 pub use sm::BUILTINS;
 pub use snapshot::{SnapshotConfig, SnapshotSettings};
+/// The rule every plugin name follows (it names the plugin's key space).
+pub use wasmraft_store::check_space as check_plugin_name;
