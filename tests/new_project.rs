@@ -7,20 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{BIN, Cluster, cli_at};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(out.status.success(), "{what} failed:\n{}", text(&out));
-    text(&out)
-}
+use common::{BIN, Cluster, cli_at, succeeded as ok};
 
 /// Runs `program args` in `dir`; a missing toolchain points at `./dev.sh setup`.
 fn run(dir: &Path, program: &str, args: &[&str]) -> Output {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{BIN, eventually};
+use common::{BIN, eventually, text};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use wasmraft_node::pb::{self, peer_client::PeerClient};
 
@@ -23,14 +23,6 @@ fn cli(env: &[(&str, &str)], args: &[&str]) -> Output {
         .envs(env.iter().copied())
         .output()
         .expect("running wasmraft")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `wasmraft certs init DIR --nodes N`; answers the admin token it printed.

@@ -379,6 +379,21 @@ pub async fn cli_at(endpoint: &str, args: &[&str]) -> Output {
     cmd.output().await.expect("running wasmraft")
 }
 
+/// A process's stdout and stderr together, for assertions and failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Its text, once it succeeded (else the test fails, naming `what` and showing the output).
+pub fn succeeded(what: &str, out: Output) -> String {
+    assert!(out.status.success(), "{what} failed:\n{}", text(&out));
+    text(&out)
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
