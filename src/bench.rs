@@ -23,9 +23,13 @@ pub struct BenchArgs {
     command: Option<BenchCommand>,
     #[command(flatten)]
     endpoint: EndpointArg,
-    /// Concurrent clients, each with its own connection, one request in flight each.
+    /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Requests each client keeps in flight on its one connection (HTTP/2 streams; each with a
+    /// session of its own, so retries stay safe).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
     /// Operations in total.
     #[arg(long, default_value_t = 10_000)]
     ops: usize,
@@ -87,11 +91,16 @@ fn histogram() -> Histogram<u64> {
 /// A small deterministic generator (no dependency, same workload every run).
 async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Result<Outcome> {
     let value = "x".repeat(args.value_size);
-    let per_client = args.ops.div_ceil(args.clients.max(1));
-    let mut clients = Vec::new();
+    let mut connections = Vec::new();
     for _ in 0..args.clients.max(1) {
-        clients.push(client::connect(target).await?);
+        connections.push(client::connect(target).await?);
     }
+    // A lane is one request in flight: `pipeline` of them share each client's connection.
+    let lanes = connections.len() * args.pipeline.max(1);
+    let per_client = args.ops.div_ceil(lanes);
+    let clients: Vec<_> = (0..lanes)
+        .map(|lane| connections[lane % connections.len()].clone())
+        .collect();
     let progress = crate::progress::bar(args.ops as u64, plugin);
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -267,8 +276,15 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "bench: {} clients, {} ops, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
-        args.clients, args.ops, args.value_size, args.keys, args.read_ratio, args.consistency, target.endpoint
+        "bench: {} clients x {} in flight, {} ops, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
+        args.clients,
+        args.pipeline.max(1),
+        args.ops,
+        args.value_size,
+        args.keys,
+        args.read_ratio,
+        args.consistency,
+        target.endpoint
     );
     println!(
         "{:<12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",

@@ -195,6 +195,7 @@ impl Node {
             state_machine,
         )
         .await?;
+        let read_rounds = crate::cluster::ReadRounds::new(raft.clone(), crate::cluster::peer_deadline(&raft));
         let inner = Arc::new(NodeInner {
             id: config.id,
             addr: addr.clone(),
@@ -208,6 +209,7 @@ impl Node {
             receiving: Arc::default(),
             initial_members: config.initial_members.clone(),
             test_read_skips_read_index: config.test_read_skips_read_index,
+            read_rounds,
         });
         let metrics = match config.metrics_listen {
             Some(addr) => {

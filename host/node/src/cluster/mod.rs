@@ -7,6 +7,8 @@ mod admin;
 mod deploy;
 mod overview;
 mod read;
+
+pub(crate) use read::ReadRounds;
 mod write;
 
 use std::collections::BTreeMap;
@@ -48,6 +50,13 @@ pub struct NodeInner {
     pub(crate) initial_members: BTreeMap<NodeId, String>,
     /// Test-only: reads skip the read barrier (see `NodeConfig`).
     pub(crate) test_read_skips_read_index: bool,
+    /// Linearizable reads on this node, when it leads, share ReadIndex rounds.
+    pub(crate) read_rounds: Arc<read::ReadRounds>,
+}
+
+/// See [`NodeInner::peer_deadline`].
+pub(crate) fn peer_deadline(raft: &Raft) -> Duration {
+    Duration::from_millis(raft.config().election_timeout_max * 2).max(Duration::from_secs(1))
 }
 
 pub(crate) fn no_leader() -> Status {
@@ -72,7 +81,7 @@ impl NodeInner {
     /// may take before the leader is taken to be cut off: two election timeouts, at least 1 s
     /// (by then the others have elected a new leader).
     pub(crate) fn peer_deadline(&self) -> Duration {
-        Duration::from_millis(self.raft.config().election_timeout_max * 2).max(Duration::from_secs(1))
+        peer_deadline(&self.raft)
     }
 
     /// Waits, up to `timeout`, until this node knows a leader other than `leader` or a term

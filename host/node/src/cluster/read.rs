@@ -9,6 +9,7 @@
 //! existed by then. That timing rests on each acknowledgement being credited to a request the
 //! follower actually saw, which `raft/ack_gate.rs` guarantees on every append stream (issue 18:
 //! without it, a reply held by a partition was credited to a request sent after the heal).
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::ReadPolicy;
@@ -18,7 +19,9 @@ use tonic::Status;
 
 use super::{LEADER_WAIT, NodeInner, no_leader};
 use crate::pb::{self, peer_client::PeerClient};
+use crate::raft::Raft;
 use crate::types::{LogId, NodeId, TypeConfig};
+use crate::util::lock;
 use crate::wire::log_id_to_pb;
 
 /// How long a follower waits to apply up to a read index it got from the leader.
@@ -109,23 +112,83 @@ impl NodeInner {
     /// `consistency` from a state that has applied it (this node has applied it when this returns).
     /// A leader that cannot reach a quorum gives up after [`NodeInner::peer_deadline`].
     async fn read_index_here(&self, consistency: pb::Consistency) -> Result<LogId, Status> {
-        let policy = match consistency {
-            // The lease stands in for the round trip (bounded clock drift assumed).
-            pb::Consistency::Lease => ReadPolicy::LeaseRead,
-            _ => ReadPolicy::ReadIndex,
-        };
-        let confirmed = async {
-            let linearizer = self.raft.get_read_linearizer(policy).await.map_err(read_error)?;
-            let read = *linearizer.read_log_id().log_id();
-            linearizer
-                .await_ready(&self.raft)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            Ok(read)
-        };
-        tokio::time::timeout(self.peer_deadline(), confirmed)
+        match consistency {
+            // The lease stands in for the round trip (bounded clock drift assumed): no round.
+            pb::Consistency::Lease => confirm(&self.raft, ReadPolicy::LeaseRead, self.peer_deadline()).await,
+            _ => self.read_rounds.read_index().await,
+        }
+    }
+}
+
+/// Waits until a read at `policy` that arrived now may be served, and answers its read log id
+/// (applied on this node by then); a leader that cannot confirm within `deadline` fails it.
+async fn confirm(raft: &Raft, policy: ReadPolicy, deadline: Duration) -> Result<LogId, Status> {
+    let confirmed = async {
+        let linearizer = raft.get_read_linearizer(policy).await.map_err(read_error)?;
+        let read = *linearizer.read_log_id().log_id();
+        linearizer
+            .await_ready(raft)
             .await
-            .unwrap_or_else(|_| Err(not_leading(&None)))
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(read)
+    };
+    tokio::time::timeout(deadline, confirmed)
+        .await
+        .unwrap_or_else(|_| Err(not_leading(&None)))
+}
+
+/// Linearizable reads on the leader share ReadIndex rounds. openraft broadcasts a heartbeat for
+/// every read it is asked to confirm, so under load the leader sent a heartbeat per read. Here a
+/// read that arrives while a round is in flight waits for the next one, and each round serves
+/// every read that arrived before it started: its read log id is taken after they all arrived,
+/// and its quorum acknowledges a heartbeat sent after that, as each read needs.
+pub(crate) struct ReadRounds {
+    raft: Raft,
+    deadline: Duration,
+    /// The reads waiting for the next round, and whether a round is running.
+    state: Mutex<(Vec<tokio::sync::oneshot::Sender<Result<LogId, Status>>>, bool)>,
+}
+
+impl ReadRounds {
+    pub(crate) fn new(raft: Raft, deadline: Duration) -> Arc<ReadRounds> {
+        Arc::new(ReadRounds {
+            raft,
+            deadline,
+            state: Mutex::default(),
+        })
+    }
+
+    /// The read log id of a round that started after this call.
+    async fn read_index(self: &Arc<Self>) -> Result<LogId, Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut state = lock(&self.state);
+            state.0.push(tx);
+            !std::mem::replace(&mut state.1, true)
+        };
+        if start {
+            tokio::spawn(self.clone().run());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(Status::unavailable("the read round was abandoned: retry the read")))
+    }
+
+    /// Runs rounds while reads wait, each for all the reads that came before it.
+    async fn run(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut state = lock(&self.state);
+                if state.0.is_empty() {
+                    state.1 = false;
+                    return;
+                }
+                std::mem::take(&mut state.0)
+            };
+            let outcome = confirm(&self.raft, ReadPolicy::ReadIndex, self.deadline).await;
+            for read in batch {
+                let _ = read.send(outcome.clone());
+            }
+        }
     }
 }
 
