@@ -204,6 +204,8 @@ struct Usage {
     log_fsync_appends: u64,
     apply_calls: u64,
     apply_entries: u64,
+    peer_appends: u64,
+    peer_append_entries: u64,
 }
 
 /// Every member's usage, as each reports it (members that do not answer are left out).
@@ -225,6 +227,8 @@ async fn usage(target: &Target) -> Usage {
             usage.log_fsync_appends += u.log_fsync_appends;
             usage.apply_calls += u.apply_calls;
             usage.apply_entries += u.apply_entries;
+            usage.peer_appends += u.peer_appends;
+            usage.peer_append_entries += u.peer_append_entries;
         }
     }
     usage
@@ -254,6 +258,15 @@ fn print_cost(before: &Usage, after: &Usage, ops: usize) {
     if calls > 0 {
         let entries = after.apply_entries.saturating_sub(before.apply_entries);
         line += &format!("; {:.1} entries per plugin apply call", entries as f64 / calls as f64);
+    }
+    let appends = after.peer_appends.saturating_sub(before.peer_appends);
+    if appends > 0 {
+        let entries = after.peer_append_entries.saturating_sub(before.peer_append_entries);
+        line += &format!(
+            "; {:.2} peer append messages per op ({:.1} entries each)",
+            appends as f64 / ops,
+            entries as f64 / appends as f64
+        );
     }
     println!("{line}");
 }

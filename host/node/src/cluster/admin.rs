@@ -182,6 +182,16 @@ impl NodeInner {
             log_fsync_appends,
             apply_calls,
             apply_entries,
+            peer_appends: self
+                .network
+                .traffic()
+                .appends
+                .load(std::sync::atomic::Ordering::Relaxed),
+            peer_append_entries: self
+                .network
+                .traffic()
+                .entries
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -45,6 +45,21 @@ pub struct Network {
     tls: Option<TlsConfig>,
     snapshots: Arc<Snapshots>,
     health: Arc<Health>,
+    traffic: Arc<Traffic>,
+}
+
+/// Append messages sent to peers (heartbeats included) and the entries they carried.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub appends: std::sync::atomic::AtomicU64,
+    pub entries: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    fn sent(&self, rpc: &AppendEntriesRequest<TypeConfig>) {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.entries.fetch_add(rpc.entries.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Which peers this node cannot reach, and since when. A peer that is not up yet (a cluster
@@ -116,12 +131,18 @@ impl Network {
             source,
             tls,
             snapshots,
+            traffic: Arc::default(),
             health: Arc::new(Health {
                 node: id,
                 down_after,
                 down_since: Mutex::default(),
             }),
         }
+    }
+
+    /// What this node sent its peers.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     /// A lazily connecting channel to `peer` at `addr` (`http://host:port`). Under TLS it is
@@ -159,6 +180,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             faults: self.faults.clone(),
             snapshots: self.snapshots.clone(),
             health: self.health.clone(),
+            traffic: self.traffic.clone(),
             stream_failures: 0,
         }
     }
@@ -173,6 +195,7 @@ pub struct PeerConnection {
     faults: Faults,
     snapshots: Arc<Snapshots>,
     health: Arc<Health>,
+    traffic: Arc<Traffic>,
     /// Replication streams that failed to open in a row: openraft reopens one at once, so we
     /// wait [`retry_delay`] first rather than spin on a peer that is down.
     stream_failures: u32,
@@ -237,6 +260,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.traffic.sent(&rpc);
         let sent = async {
             let mut client = self.client().await?;
             if self.duplicated() {
@@ -275,7 +299,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let opened = async {
                 let mut client = self.client().await?;
                 let (faults, target, sent) = (self.faults.clone(), self.target, copies.clone());
+                let traffic = self.traffic.clone();
                 let requests = requests.flat_map(move |rpc| {
+                    traffic.sent(&rpc);
                     let n = if faults.get(target).duplicate { 2 } else { 1 };
                     lock(&sent).push_back(n);
                     futures::stream::iter(std::iter::repeat_n(append_request_to_pb(&rpc), n))
