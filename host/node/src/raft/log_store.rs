@@ -4,11 +4,15 @@
 //! WAL fsync. A syncer thread groups the appends that arrive while a sync is in flight under the
 //! next sync (group commit), so concurrent appends share fsyncs. A vote is fsynced before
 //! `save_vote` returns.
+//!
+//! The newest entries are also kept decoded in memory ([`Recent`]), so a leader replicates what
+//! it just appended without reading it back from RocksDB and decoding it again.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -18,16 +22,89 @@ use wasmraft_store::Store;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
-use crate::util::io_err;
+use crate::util::{io_err, lock};
 use crate::wire::{decode, entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
 
+/// Most bytes (encoded) of recent entries kept in memory.
+const RECENT_BYTES: usize = 32 << 20;
+
+/// The newest entries of the log, contiguous and exactly as stored: appended after the store
+/// took them, cut on truncation and purge.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.index())
+    }
+
+    fn push(&mut self, entry: Entry, size: usize) {
+        let next = self.entries.back().map(|(e, _)| e.index() + 1);
+        if next.is_some_and(|next| next != entry.index()) {
+            // Not contiguous (openraft truncates before it overwrites): start again here.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.bytes > RECENT_BYTES {
+            let Some((_, size)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= size;
+        }
+    }
+
+    /// Drops the entries from index `from` on.
+    fn truncate_from(&mut self, from: u64) {
+        while let Some((entry, size)) = self.entries.back() {
+            if entry.index() < from {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries up to index `to`.
+    fn purge_to(&mut self, to: u64) {
+        while let Some((entry, size)) = self.entries.front() {
+            if entry.index() > to {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_front();
+        }
+    }
+
+    /// The entries `start..end`, if all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.0.index();
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        Some(
+            self.entries
+                .range(from..from + (end - start) as usize)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+}
+
 /// The raft log and vote of one node.
 pub struct LogStore {
     store: Store,
+    recent: Arc<Mutex<Recent>>,
     /// Appends waiting for the sync thread; `None` once dropping.
     syncer: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
     sync_thread: Option<std::thread::JoinHandle<()>>,
@@ -60,6 +137,7 @@ impl LogStore {
             .expect("spawning the log sync thread");
         Self {
             store,
+            recent: Arc::default(),
             syncer: Some(syncer),
             sync_thread: Some(sync_thread),
         }
@@ -82,6 +160,7 @@ impl Drop for LogStore {
 #[derive(Clone)]
 pub struct LogReader {
     store: Store,
+    recent: Arc<Mutex<Recent>>,
 }
 
 fn read_vote(store: &Store) -> io::Result<Option<Vote>> {
@@ -104,7 +183,7 @@ fn read_log_id(store: &Store, key: &str) -> io::Result<Option<LogId>> {
     }
 }
 
-fn read_entries(store: &Store, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
+fn read_entries(store: &Store, recent: &Mutex<Recent>, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
     let start = match range.start_bound() {
         Bound::Included(s) => *s,
         Bound::Excluded(s) => s.saturating_add(1),
@@ -115,6 +194,9 @@ fn read_entries(store: &Store, range: impl RangeBounds<u64>) -> io::Result<Vec<E
         Bound::Excluded(e) => *e,
         Bound::Unbounded => u64::MAX,
     };
+    if let Some(entries) = lock(recent).get(start, end) {
+        return Ok(entries);
+    }
     store
         .log_range(start, end)
         .map_err(io_err)?
@@ -131,7 +213,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        read_entries(&self.store, range)
+        read_entries(&self.store, &self.recent, range)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -144,7 +226,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        read_entries(&self.store, range)
+        read_entries(&self.store, &self.recent, range)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -173,6 +255,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_reader(&mut self) -> LogReader {
         LogReader {
             store: self.store.clone(),
+            recent: self.recent.clone(),
         }
     }
 
@@ -202,14 +285,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let encoded = entries
-            .into_iter()
-            .map(|entry| (entry.index(), entry_to_pb(&entry).encode_to_vec()));
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|entry| (entry.index(), entry_to_pb(entry).encode_to_vec()))
+            .collect();
+        let sizes: Vec<usize> = encoded.iter().map(|(_, bytes)| bytes.len()).collect();
         if let Err(e) = self.store.log_append(encoded) {
             let e = io_err(e);
             callback.io_completed(Err(io_err(&e)));
             return Err(e);
         }
+        let mut recent = lock(&self.recent);
+        for (entry, size) in entries.into_iter().zip(sizes) {
+            recent.push(entry, size);
+        }
+        drop(recent);
         let Some(syncer) = &self.syncer else {
             callback.io_completed(Err(io_err("the log store is closing")));
             return Ok(());
@@ -222,11 +313,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
+        // The cache first: a failed store truncation must not leave it ahead of the store.
+        lock(&self.recent).truncate_from(from);
         self.store.log_truncate_from(from).map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let meta = log_id_to_pb(&log_id).encode_to_vec();
+        lock(&self.recent).purge_to(log_id.index);
         self.store.log_purge_to(log_id.index, (PURGED, &meta)).map_err(io_err)
     }
 }
