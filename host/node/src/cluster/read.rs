@@ -145,8 +145,18 @@ async fn confirm(raft: &Raft, policy: ReadPolicy, deadline: Duration) -> Result<
 pub(crate) struct ReadRounds {
     raft: Raft,
     deadline: Duration,
-    /// The reads waiting for the next round, and whether a round is running.
-    state: Mutex<(Vec<tokio::sync::oneshot::Sender<Result<LogId, Status>>>, bool)>,
+    state: Mutex<RoundState>,
+}
+
+/// A read waiting for its round's outcome.
+type Waiter = tokio::sync::oneshot::Sender<Result<LogId, Status>>;
+
+#[derive(Default)]
+struct RoundState {
+    /// The reads waiting for the next round.
+    waiting: Vec<Waiter>,
+    /// Whether a task is running rounds.
+    running: bool,
 }
 
 impl ReadRounds {
@@ -163,8 +173,8 @@ impl ReadRounds {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut state = lock(&self.state);
-            state.0.push(tx);
-            !std::mem::replace(&mut state.1, true)
+            state.waiting.push(tx);
+            !std::mem::replace(&mut state.running, true)
         };
         if start {
             tokio::spawn(self.clone().run());
@@ -178,11 +188,11 @@ impl ReadRounds {
         loop {
             let batch = {
                 let mut state = lock(&self.state);
-                if state.0.is_empty() {
-                    state.1 = false;
+                if state.waiting.is_empty() {
+                    state.running = false;
                     return;
                 }
-                std::mem::take(&mut state.0)
+                std::mem::take(&mut state.waiting)
             };
             let outcome = confirm(&self.raft, ReadPolicy::ReadIndex, self.deadline).await;
             for read in batch {
