@@ -202,6 +202,7 @@ struct Usage {
     client_cpu_micros: u64,
     log_fsyncs: u64,
     log_fsync_appends: u64,
+    log_fsync_entries: u64,
     apply_calls: u64,
     apply_entries: u64,
     peer_appends: u64,
@@ -225,6 +226,7 @@ async fn usage(target: &Target) -> Usage {
             usage.server_cpu_micros.insert(u.pid, u.cpu_micros);
             usage.log_fsyncs += u.log_fsyncs;
             usage.log_fsync_appends += u.log_fsync_appends;
+            usage.log_fsync_entries += u.log_fsync_entries;
             usage.apply_calls += u.apply_calls;
             usage.apply_entries += u.apply_entries;
             usage.peer_appends += u.peer_appends;
@@ -252,7 +254,12 @@ fn print_cost(before: &Usage, after: &Usage, ops: usize) {
     let fsyncs = after.log_fsyncs.saturating_sub(before.log_fsyncs);
     if fsyncs > 0 {
         let appends = after.log_fsync_appends.saturating_sub(before.log_fsync_appends);
-        line += &format!("; {:.1} log appends per fsync", appends as f64 / fsyncs as f64);
+        let entries = after.log_fsync_entries.saturating_sub(before.log_fsync_entries);
+        line += &format!(
+            "; {:.1} log appends ({:.1} entries) per fsync",
+            appends as f64 / fsyncs as f64,
+            entries as f64 / fsyncs as f64
+        );
     }
     let calls = after.apply_calls.saturating_sub(before.apply_calls);
     if calls > 0 {

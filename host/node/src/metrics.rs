@@ -97,6 +97,8 @@ pub struct Metrics {
     fsyncs: Counter,
     /// Appends covered by those fsyncs (their ratio: appends per fsync).
     fsync_appends: Counter,
+    /// Entries covered by those fsyncs (their ratio: the group commit's size).
+    fsync_entries: Counter,
     /// How long each log fsync took, in seconds.
     fsync_seconds: Histogram,
     /// How long queries took (read barrier and answer), by consistency, in seconds.
@@ -135,6 +137,7 @@ impl Default for Metrics {
             apply_entries_total: AtomicU64::new(0),
             fsyncs: Counter::default(),
             fsync_appends: Counter::default(),
+            fsync_entries: Counter::default(),
             fsync_seconds: latency_histogram(),
             query_seconds: Family::new_with_constructor(latency_histogram),
             apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
@@ -190,6 +193,11 @@ impl Metrics {
             "log_fsync_appends",
             "Appends covered by log fsyncs (appends per fsync: this over log_fsyncs)",
             self.fsync_appends.clone(),
+        );
+        r.register(
+            "log_fsync_entries",
+            "Entries covered by log fsyncs (the group commit's size: this over log_fsyncs)",
+            self.fsync_entries.clone(),
         );
         r.register(
             "log_fsync_seconds",
@@ -274,18 +282,20 @@ impl Metrics {
     }
 
     /// Log fsyncs so far, and the appends they covered.
-    pub fn fsync_counts(&self) -> (u64, u64) {
-        (self.fsyncs.get(), self.fsync_appends.get())
+    /// Log fsyncs, and the appends and entries they covered.
+    pub fn fsync_counts(&self) -> (u64, u64, u64) {
+        (self.fsyncs.get(), self.fsync_appends.get(), self.fsync_entries.get())
     }
 
-    /// Records one log fsync that covered `appends` appends and took `took`.
-    pub fn observe_fsync(&self, appends: usize, took: Duration) {
+    /// Records one log fsync that covered `appends` appends of `entries` entries, and took `took`.
+    pub fn observe_fsync(&self, appends: usize, entries: u64, took: Duration) {
         if !self.recording() {
             return;
         }
         self.fsync_seconds.observe(took.as_secs_f64());
         self.fsyncs.inc();
         self.fsync_appends.inc_by(appends as u64);
+        self.fsync_entries.inc_by(entries);
     }
 
     /// Records one query's latency at `consistency`.

@@ -172,7 +172,7 @@ impl NodeInner {
             .unwrap_or(0);
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
-        let (log_fsyncs, log_fsync_appends) = self.shared.metrics.fsync_counts();
+        let (log_fsyncs, log_fsync_appends, log_fsync_entries) = self.shared.metrics.fsync_counts();
         let (apply_calls, apply_entries) = self.shared.metrics.apply_counts();
         pb::NodeUsage {
             pid: std::process::id(),
@@ -180,6 +180,7 @@ impl NodeInner {
             rss_bytes: rss_pages * page,
             log_fsyncs,
             log_fsync_appends,
+            log_fsync_entries,
             apply_calls,
             apply_entries,
             peer_appends: self

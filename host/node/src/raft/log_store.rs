@@ -106,7 +106,8 @@ pub struct LogStore {
     store: Store,
     recent: Arc<Mutex<Recent>>,
     /// Appends waiting for the sync thread; `None` once dropping.
-    syncer: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    /// Appends waiting for the sync thread, with their entry counts; `None` once dropping.
+    syncer: Option<mpsc::Sender<(IOFlushed<TypeConfig>, u64)>>,
     sync_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -117,7 +118,7 @@ impl LogStore {
 
     /// A log store that counts its fsyncs in `metrics`.
     pub fn with_metrics(store: Store, metrics: Arc<Metrics>) -> Self {
-        let (syncer, pending) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let (syncer, pending) = mpsc::channel::<(IOFlushed<TypeConfig>, u64)>();
         let sync_store = store.clone();
         let sync_thread = std::thread::Builder::new()
             .name("wasmraft-log-sync".into())
@@ -128,8 +129,9 @@ impl LogStore {
                     group.extend(pending.try_iter());
                     let started = std::time::Instant::now();
                     let result = sync_store.sync();
-                    metrics.observe_fsync(group.len(), started.elapsed());
-                    for callback in group {
+                    let entries = group.iter().map(|(_, n)| n).sum();
+                    metrics.observe_fsync(group.len(), entries, started.elapsed());
+                    for (callback, _) in group {
                         callback.io_completed(result.as_ref().map(|_| ()).map_err(io_err));
                     }
                 }
@@ -286,6 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let count = entries.len() as u64;
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .iter()
             .map(|entry| (entry.index(), entry_to_pb(entry).encode_to_vec()))
@@ -305,7 +308,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Err(io_err("the log store is closing")));
             return Ok(());
         };
-        if let Err(mpsc::SendError(callback)) = syncer.send(callback) {
+        if let Err(mpsc::SendError((callback, _))) = syncer.send((callback, count)) {
             callback.io_completed(Err(io_err("log sync thread stopped")));
         }
         Ok(())
