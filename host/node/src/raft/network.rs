@@ -37,7 +37,8 @@ use crate::wire::{
 pub struct Network {
     /// This node's id, for its logs' spans.
     id: NodeId,
-    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    /// By peer, address, and whether it carries snapshots (a connection of their own).
+    channels: Arc<Mutex<HashMap<(NodeId, String, bool), Channel>>>,
     faults: Faults,
     /// The address connections to peers come from; none: the OS picks.
     source: Option<IpAddr>,
@@ -148,9 +149,19 @@ impl Network {
     /// A lazily connecting channel to `peer` at `addr` (`http://host:port`). Under TLS it is
     /// always `https` (whatever the address says), and `peer`'s certificate must name it.
     pub fn channel(&self, peer: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.channel_of(peer, addr, false)
+    }
+
+    /// A connection of its own for snapshot transfers to `peer`, so a large transfer never
+    /// queues heartbeats and appends behind it (both pass the same fault layer).
+    pub fn snapshot_channel(&self, peer: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.channel_of(peer, addr, true)
+    }
+
+    fn channel_of(&self, peer: NodeId, addr: &str, snapshots: bool) -> Result<Channel, tonic::transport::Error> {
         self.faults.learn(peer, addr);
         let mut channels = lock(&self.channels);
-        if let Some(channel) = channels.get(&(peer, addr.to_string())) {
+        if let Some(channel) = channels.get(&(peer, addr.to_string(), snapshots)) {
             return Ok(channel.clone());
         }
         let mut endpoint = match &self.tls {
@@ -164,7 +175,7 @@ impl Network {
             .connect_timeout(Duration::from_secs(1))
             .http2_keep_alive_interval(Duration::from_secs(5));
         let channel = endpoint.connect_with_connector_lazy(self.faults.connector(addr, self.source));
-        channels.insert((peer, addr.to_string()), channel.clone());
+        channels.insert((peer, addr.to_string(), snapshots), channel.clone());
         Ok(channel)
     }
 }
@@ -177,6 +188,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             id: self.id,
             target,
             channel: self.channel(target, &node.addr).map_err(|e| e.to_string()),
+            snapshot_channel: self.snapshot_channel(target, &node.addr).map_err(|e| e.to_string()),
             faults: self.faults.clone(),
             snapshots: self.snapshots.clone(),
             health: self.health.clone(),
@@ -192,6 +204,8 @@ pub struct PeerConnection {
     id: NodeId,
     target: NodeId,
     channel: Result<Channel, String>,
+    /// Snapshot transfers' own connection.
+    snapshot_channel: Result<Channel, String>,
     faults: Faults,
     snapshots: Arc<Snapshots>,
     health: Arc<Health>,
@@ -231,6 +245,11 @@ impl PeerConnection {
 
     /// The client for one RPC, after the fault layer had its say.
     async fn client(&self) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
+        self.client_on(&self.channel)
+    }
+
+    /// The client for one RPC on `channel`, after the fault layer had its say.
+    fn client_on(&self, channel: &Result<Channel, String>) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
         // A delay acts on the connection's bytes (`faults`), established streams included.
         let fault = self.faults.get(self.target);
         if fault.drop {
@@ -239,7 +258,7 @@ impl PeerConnection {
                 self.target
             )));
         }
-        let channel = self.channel.clone().map_err(unreachable)?;
+        let channel = channel.clone().map_err(unreachable)?;
         Ok(PeerClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX))
@@ -387,7 +406,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let client = self.client().await?;
+        let client = self.client_on(&self.snapshot_channel)?;
         let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
         let span = info_span!(
             "snapshot_send",
