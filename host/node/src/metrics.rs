@@ -604,7 +604,7 @@ mod tests {
             fuel_used: 5000,
         };
         metrics.count_apply("kv", Duration::from_micros(30), &[outcome]);
-        metrics.observe_fsync(3, Duration::from_micros(200));
+        metrics.observe_fsync(3, 12, Duration::from_micros(200));
         metrics.encode(Scraped::default())
     }
 
@@ -616,6 +616,7 @@ mod tests {
             "{recording}"
         );
         assert!(recording.contains("wasmraft_log_fsync_appends_total 3"), "{recording}");
+        assert!(recording.contains("wasmraft_log_fsync_entries_total 12"), "{recording}");
 
         let off = Metrics::default();
         off.stop_recording();

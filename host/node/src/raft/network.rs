@@ -32,13 +32,15 @@ use crate::wire::{
     vote_request_to_pb, vote_response_from_pb, vote_to_pb,
 };
 
+/// A cached channel's peer, address, and whether it carries snapshots (a connection of their own).
+type ChannelKey = (NodeId, String, bool);
+
 /// Makes the peer clients; channels are cached by address and shared.
 #[derive(Clone)]
 pub struct Network {
     /// This node's id, for its logs' spans.
     id: NodeId,
-    /// By peer, address, and whether it carries snapshots (a connection of their own).
-    channels: Arc<Mutex<HashMap<(NodeId, String, bool), Channel>>>,
+    channels: Arc<Mutex<HashMap<ChannelKey, Channel>>>,
     faults: Faults,
     /// The address connections to peers come from; none: the OS picks.
     source: Option<IpAddr>,
