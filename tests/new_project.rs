@@ -1,13 +1,13 @@
 //! A plugin in any language from nothing: `wasmraft new` in a folder outside this repository, the
 //! project's own tests in its language's runner, `wasmraft build`, `wasmraft plugin test` on the
-//! component, then deploy it to a cluster and call it.
+//! component, then deploy it to a `wasmraft dev` cluster and call it.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{BIN, Cluster, cli_at, succeeded as ok};
+use common::{BIN, DevCluster, succeeded as ok};
 
 /// Runs `program args` in `dir`; a missing toolchain points at `./dev.sh setup`.
 fn run(dir: &Path, program: &str, args: &[&str]) -> Output {
@@ -41,19 +41,22 @@ async fn new_project_builds_tests_and_deploys(lang: &str, test: Option<(&str, &[
     );
     assert!(checked.contains("0 failed"), "{checked}");
 
-    let cluster = Cluster::started(1, "").await;
-    let endpoint = cluster.nodes[0].addr.clone();
+    // A secure dev cluster; the CLI reaches it through the context file it wrote.
+    let dev = DevCluster::start(dir.path(), &["--nodes", "1"]).await;
+    let context = dir.path().join("context.toml");
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("WASMRAFT_CONTEXT", &context)
+            .env("WASMRAFT_ENDPOINT", dev.endpoint())
+            .output()
+            .expect("running wasmraft")
+    };
     let component = project.join(&wasm);
-    ok(
-        "deploy",
-        cli_at(&endpoint, &["deploy", &name, component.to_str().unwrap()]).await,
-    );
-    let added = ok(
-        "call",
-        cli_at(&endpoint, &["call", &name, r#"{"op":"add","key":"a","by":2}"#]).await,
-    );
+    ok("deploy", cli(&["deploy", &name, component.to_str().unwrap()]));
+    let added = ok("call", cli(&["call", &name, r#"{"op":"add","key":"a","by":2}"#]));
     assert!(added.contains(r#"{"key":"a","value":2}"#), "{added}");
-    let read = ok("query", cli_at(&endpoint, &["query", &name, r#"{"key":"a"}"#]).await);
+    let read = ok("query", cli(&["query", &name, r#"{"key":"a"}"#]));
     assert!(read.contains(r#"{"key":"a","value":2}"#), "{read}");
 }
 

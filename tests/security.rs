@@ -555,29 +555,9 @@ async fn a_forged_snapshot_is_refused_with_nothing_written_and_the_node_stays_he
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dev_cluster_is_secure_and_the_cli_finds_its_ca_and_token_through_the_context() {
     let dir = tempfile::tempdir().unwrap();
-    let base = common::free_dev_base_port();
+    let dev = common::DevCluster::start(dir.path(), &[]).await;
+    let base = dev.base_port;
     let context = dir.path().join("context.toml");
-    let stdout = dir.path().join("dev.out");
-    struct Dev(Child);
-    impl Drop for Dev {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _dev = Dev(Command::new(BIN)
-        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("WASMRAFT_CONTEXT", &context)
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    eventually("wasmraft dev to be ready", Duration::from_secs(90), || async {
-        let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
-        printed.contains("Ctrl-C stops the cluster").then_some(())
-    })
-    .await;
     let ctx = context.to_str().unwrap();
     let put = r#"{"op":"put","key":"a","value":"1"}"#;
     // No flags: the context's endpoint, CA and token.

@@ -6,18 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-/// `wasmraft dev` in a child process; killed when dropped.
-struct Dev(Child);
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs headless chromium on `url` with `args`, returning its stdout.
 fn chromium(url: &str, args: &[&str], profile: &Path) -> String {
@@ -41,24 +31,11 @@ fn chromium(url: &str, args: &[&str], profile: &Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_shows_every_member_the_plugins_the_history_and_a_plugin_error_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let base = common::free_dev_base_port();
-    let stdout = dir.path().join("dev.out");
-    let _dev = Dev(Command::new(env!("CARGO_BIN_EXE_wasmraft"))
-        // Plaintext, so a bare client reaches it (the secure dev cluster: tests/security.rs).
-        .args(["dev", "--insecure", "--base-port", &base.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    // Plaintext, so a bare client reaches it (the secure dev cluster: tests/security.rs).
+    let dev = common::DevCluster::start(dir.path(), &["--insecure"]).await;
+    let base = dev.base_port;
     let page = format!("http://127.0.0.1:{}/", base + 100);
-    common::eventually("wasmraft dev to be ready", Duration::from_secs(60), || async {
-        let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
-        printed.contains("Ctrl-C stops the cluster").then_some(())
-    })
-    .await;
-    let printed = std::fs::read_to_string(&stdout).unwrap();
-    assert!(printed.contains(&format!("status {page}")), "{printed}");
+    assert!(dev.printed.contains(&format!("status {page}")), "{}", dev.printed);
 
     let endpoint = format!("http://127.0.0.1:{base}");
     let mut api = wasmraft_node::pb::api_client::ApiClient::connect(endpoint)

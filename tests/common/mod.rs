@@ -64,6 +64,54 @@ pub fn free_dev_base_port() -> u16 {
         .expect("nine free ports in 33000..39200")
 }
 
+/// `wasmraft dev` in a child process at a free base port, ready (its banner printed); killed when
+/// dropped. Its data, stdout and (unless the args name one) context file live in `dir`.
+pub struct DevCluster {
+    child: Child,
+    pub base_port: u16,
+    /// What it printed on stdout.
+    pub printed: String,
+}
+
+impl DevCluster {
+    pub async fn start(dir: &std::path::Path, args: &[&str]) -> DevCluster {
+        let base_port = free_dev_base_port();
+        let stdout = dir.join("dev.out");
+        let child = Command::new(BIN)
+            .args(["dev", "--base-port", &base_port.to_string(), "--data-dir"])
+            .arg(dir.join("data"))
+            .args(args)
+            .env("WASMRAFT_CONTEXT", dir.join("context.toml"))
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning wasmraft dev");
+        let mut dev = DevCluster {
+            child,
+            base_port,
+            printed: String::new(),
+        };
+        dev.printed = eventually("wasmraft dev to be ready", Duration::from_secs(90), || async {
+            let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
+            printed.contains("Ctrl-C stops the cluster").then_some(printed)
+        })
+        .await;
+        dev
+    }
+
+    /// Node 1's client endpoint (plaintext form; the context upgrades it under TLS).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.base_port)
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct NodeProc {
     pub id: u64,
     pub addr: String,
