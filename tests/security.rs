@@ -550,6 +550,16 @@ async fn a_forged_snapshot_is_refused_with_nothing_written_and_the_node_stays_he
     assert!(text(&get).contains(r#""value":"1""#), "{}", text(&get));
     let put = cli(&env, &["call", "kv", r#"{"op":"put","key":"b","value":"2"}"#]);
     assert!(put.status.success(), "the node is not healthy: {}", text(&put));
+
+    // A client's command is bounded too: one command is one log entry, and appends are bounded.
+    let huge = dir.path().join("huge.json");
+    std::fs::write(
+        &huge,
+        format!(r#"{{"op":"put","key":"h","value":"{}"}}"#, "x".repeat(3 << 20)),
+    )
+    .unwrap();
+    let refused = cli(&env, &["call", "kv", "--file", huge.to_str().unwrap()]);
+    assert!(text(&refused).contains("over the limit"), "{}", text(&refused));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -174,7 +174,7 @@ impl Node {
                 n => openraft::SnapshotPolicy::LogsSinceLast(n),
             },
             max_in_snapshot_log_to_keep: config.snapshot.keep_logs,
-            max_payload_entries: 1024,
+            max_payload_entries: crate::api::MAX_PAYLOAD_ENTRIES as u64,
             ..Default::default()
         }
         .validate()?;

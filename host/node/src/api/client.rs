@@ -74,6 +74,13 @@ fn call_outcome(plugin: &str, index: u64, result: pb::CommandResult) -> Result<p
 impl pb::api_server::Api for ApiService {
     async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallResponse>, Status> {
         let req = req.into_inner();
+        if req.payload.len() > super::MAX_COMMAND_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the command is {} bytes, over the limit of {} (one command is one log entry)",
+                req.payload.len(),
+                super::MAX_COMMAND_BYTES
+            )));
+        }
         let plugin = req.plugin.clone();
         let command = pb::Command {
             timestamp_ms: 0,

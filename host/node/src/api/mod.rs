@@ -33,11 +33,17 @@ fn raft_err<E: std::fmt::Display>(e: RaftError<TypeConfig, E>) -> Status {
     Status::unavailable(e.to_string())
 }
 
-/// Largest client message (a deploy's pieces are smaller; a command is at most 64 MiB).
+/// Largest client message (a deploy streams pieces; a command is at most
+/// [`MAX_COMMAND_BYTES`]).
 pub(crate) const CLIENT_MESSAGE_LIMIT: usize = 64 << 20;
-/// Largest peer message: an append carries at most `max_payload_entries` (1024) entries, and the
-/// entries a client can make are bounded by the client limit; snapshot chunks are far smaller.
-pub(crate) const PEER_MESSAGE_LIMIT: usize = 1 << 30;
+/// Largest payload of one command: a client's call (or a deploy's 1 MiB piece) is one entry.
+pub const MAX_COMMAND_BYTES: usize = 2 << 20;
+/// Largest peer message: an append carries at most [`MAX_PAYLOAD_ENTRIES`] entries of at most a
+/// command each, with room for their framing; snapshot chunks are far smaller. So no append a
+/// leader makes is ever refused by its followers.
+pub(crate) const PEER_MESSAGE_LIMIT: usize = MAX_PAYLOAD_ENTRIES * (MAX_COMMAND_BYTES + (64 << 10));
+/// Entries per append (openraft's `max_payload_entries`).
+pub(crate) const MAX_PAYLOAD_ENTRIES: usize = 512;
 
 /// What a node serves on: the client listener, and the peers' own (none: they share the
 /// client's, without TLS or tokens), with TLS on both and the client tokens when configured.
