@@ -195,7 +195,9 @@ impl Node {
             state_machine,
         )
         .await?;
-        let read_rounds = crate::cluster::ReadRounds::new(raft.clone(), crate::cluster::peer_deadline(&raft));
+        let deadline = crate::cluster::peer_deadline(&raft);
+        let read_rounds = crate::cluster::ReadRounds::new(raft.clone(), openraft::ReadPolicy::ReadIndex, deadline);
+        let lease_rounds = crate::cluster::ReadRounds::new(raft.clone(), openraft::ReadPolicy::LeaseRead, deadline);
         let inner = Arc::new(NodeInner {
             id: config.id,
             addr: addr.clone(),
@@ -210,6 +212,7 @@ impl Node {
             initial_members: config.initial_members.clone(),
             test_read_skips_read_index: config.test_read_skips_read_index,
             read_rounds,
+            lease_rounds,
         });
         let metrics = match config.metrics_listen {
             Some(addr) => {

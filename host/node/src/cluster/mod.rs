@@ -52,6 +52,8 @@ pub struct NodeInner {
     pub(crate) test_read_skips_read_index: bool,
     /// Linearizable reads on this node, when it leads, share ReadIndex rounds.
     pub(crate) read_rounds: Arc<read::ReadRounds>,
+    /// Lease reads share lease checks the same way.
+    pub(crate) lease_rounds: Arc<read::ReadRounds>,
 }
 
 /// See [`NodeInner::peer_deadline`].

@@ -113,8 +113,8 @@ impl NodeInner {
     /// A leader that cannot reach a quorum gives up after [`NodeInner::peer_deadline`].
     async fn read_index_here(&self, consistency: pb::Consistency) -> Result<LogId, Status> {
         match consistency {
-            // The lease stands in for the round trip (bounded clock drift assumed): no round.
-            pb::Consistency::Lease => confirm(&self.raft, ReadPolicy::LeaseRead, self.peer_deadline()).await,
+            // The lease stands in for the round trip (bounded clock drift assumed).
+            pb::Consistency::Lease => self.lease_rounds.read_index().await,
             _ => self.read_rounds.read_index().await,
         }
     }
@@ -137,13 +137,15 @@ async fn confirm(raft: &Raft, policy: ReadPolicy, deadline: Duration) -> Result<
         .unwrap_or_else(|_| Err(not_leading(&None)))
 }
 
-/// Linearizable reads on the leader share ReadIndex rounds. openraft broadcasts a heartbeat for
-/// every read it is asked to confirm, so under load the leader sent a heartbeat per read. Here a
-/// read that arrives while a round is in flight waits for the next one, and each round serves
-/// every read that arrived before it started: its read log id is taken after they all arrived,
-/// and its quorum acknowledges a heartbeat sent after that, as each read needs.
+/// Reads on the leader share rounds. openraft broadcasts a heartbeat for every ReadIndex read it
+/// is asked to confirm, so under load the leader sent a heartbeat per read; a lease read costs a
+/// message to its core each. Here a read that arrives while a round is in flight waits for the
+/// next one, and each round serves every read that arrived before it started: its read log id is
+/// taken after they all arrived, and it is confirmed (a quorum acknowledging a heartbeat sent
+/// after that, or the lease) as each read needs.
 pub(crate) struct ReadRounds {
     raft: Raft,
+    policy: ReadPolicy,
     deadline: Duration,
     state: Mutex<RoundState>,
 }
@@ -160,9 +162,10 @@ struct RoundState {
 }
 
 impl ReadRounds {
-    pub(crate) fn new(raft: Raft, deadline: Duration) -> Arc<ReadRounds> {
+    pub(crate) fn new(raft: Raft, policy: ReadPolicy, deadline: Duration) -> Arc<ReadRounds> {
         Arc::new(ReadRounds {
             raft,
+            policy,
             deadline,
             state: Mutex::default(),
         })
@@ -194,7 +197,7 @@ impl ReadRounds {
                 }
                 std::mem::take(&mut state.waiting)
             };
-            let outcome = confirm(&self.raft, ReadPolicy::ReadIndex, self.deadline).await;
+            let outcome = confirm(&self.raft, self.policy.clone(), self.deadline).await;
             for read in batch {
                 let _ = read.send(outcome.clone());
             }
