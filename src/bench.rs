@@ -97,7 +97,7 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
     }
     // A lane is one request in flight: `pipeline` of them share each client's connection.
     let lanes = connections.len() * args.pipeline.max(1);
-    let per_client = args.ops.div_ceil(lanes);
+    let per_lane = args.ops.div_ceil(lanes);
     let clients: Vec<_> = (0..lanes)
         .map(|lane| connections[lane % connections.len()].clone())
         .collect();
@@ -109,7 +109,7 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
         let plugin = plugin.to_string();
         let value = value.clone();
         let (keys, read_ratio, consistency) = (args.keys.max(1), args.read_ratio, args.consistency);
-        let ops = per_client.min(args.ops.saturating_sub(c * per_client));
+        let ops = per_lane.min(args.ops.saturating_sub(c * per_lane));
         let done = done.clone();
         // Each client's writes are retry-safe: one session, its sequence numbers.
         let client_id = format!("bench-{}-{c}", client::new_client_id());

@@ -10,6 +10,14 @@ use wasmraft_node::pb;
 
 pub use crate::context::{Api, Target, connect};
 
+/// One member's answer in a `Members` reply: `value`, or why the member did not answer.
+pub fn member_answer<T>(value: Option<T>, error: String) -> Result<T, String> {
+    match value {
+        Some(value) if error.is_empty() => Ok(value),
+        _ => Err(error),
+    }
+}
+
 /// Prints a failed request's status the way users read it, and picks the exit code.
 pub fn report(status: &tonic::Status) -> ExitCode {
     let kind = match status.code() {

@@ -320,10 +320,7 @@ async fn every_node(client: &mut Api) -> Vec<(pb::MemberView, Result<pb::ListPlu
     members
         .into_iter()
         .map(|mut member| {
-            let view = match member.plugins.take() {
-                Some(plugins) if member.error.is_empty() => Ok(plugins),
-                _ => Err(member.error.clone()),
-            };
+            let view = crate::client::member_answer(member.plugins.take(), member.error.clone());
             (member, view)
         })
         .collect()
@@ -402,13 +399,7 @@ pub async fn shadow_status(target: &Target, name: String, as_json: bool) -> anyh
     };
     let views: Vec<(u64, Result<pb::ShadowStatusResponse, String>)> = members
         .into_iter()
-        .map(|m| {
-            let view = match m.shadow {
-                Some(shadow) if m.error.is_empty() => Ok(shadow),
-                _ => Err(m.error),
-            };
-            (m.id, view)
-        })
+        .map(|m| (m.id, crate::client::member_answer(m.shadow, m.error)))
         .collect();
     if as_json {
         let nodes: Vec<Value> = views

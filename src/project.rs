@@ -34,13 +34,13 @@ impl Lang {
         }
     }
 
-    /// The command that runs the project's own tests.
-    fn test_command(self, tools: &Path) -> String {
+    /// The command that runs project `name`'s own tests.
+    fn test_command(self, tools: &Path, name: &str) -> String {
         match self {
             Lang::Rust => "cargo test".into(),
             Lang::Python => format!("{}/venv/bin/python -m pytest", tools.display()),
             Lang::Js => "node --test".into(),
-            Lang::C => "wasmraft plugin test target/NAME.wasm --script cases.jsonl".into(),
+            Lang::C => format!("wasmraft plugin test target/{name}.wasm --script cases.jsonl"),
         }
     }
 }
@@ -107,7 +107,7 @@ pub fn new(name: &str, lang: Lang) -> anyhow::Result<ExitCode> {
     println!();
     println!("  cd {name}");
     println!("  wasmraft build                                  # -> target/{name}.wasm");
-    println!("  {}", lang.test_command(&tools).replace("NAME", name));
+    println!("  {}", lang.test_command(&tools, name));
     println!("  wasmraft deploy {name} target/{name}.wasm");
     println!();
     println!("See {name}/README.md.");

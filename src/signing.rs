@@ -35,8 +35,13 @@ impl Signature {
 
 /// Where `sign` writes the signature of `component`, and `deploy` looks for it.
 pub fn signature_path(component: &Path) -> PathBuf {
-    let mut name = component.as_os_str().to_owned();
-    name.push(".sig");
+    with_suffix(component, ".sig")
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -61,7 +66,7 @@ pub fn keygen(out: &Path) -> anyhow::Result<()> {
         .open(out)
         .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
     private.write_all(toml::to_string(&file)?.as_bytes())?;
-    let public_path = signature_path_like(out, "pub");
+    let public_path = with_suffix(out, ".pub");
     std::fs::write(&public_path, format!("{public}\n"))
         .with_context(|| format!("writing {}", public_path.display()))?;
     println!("private key  {} (keep it secret)", out.display());
@@ -71,12 +76,6 @@ pub fn keygen(out: &Path) -> anyhow::Result<()> {
     println!("  [plugins]");
     println!("  trusted_keys = [\"{public}\"]");
     Ok(())
-}
-
-fn signature_path_like(path: &Path, extension: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{extension}"));
-    PathBuf::from(name)
 }
 
 /// `plugin sign FILE --key KEY`: writes FILE.sig.

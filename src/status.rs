@@ -76,7 +76,7 @@ pub async fn status(target: &Target, all: bool, as_json: bool) -> anyhow::Result
         .map(|m| Row {
             id: m.id,
             addr: m.addr,
-            status: m.status.filter(|_| m.error.is_empty()).ok_or(m.error),
+            status: crate::client::member_answer(m.status, m.error),
             plugins: m
                 .plugins
                 .map_or_else(Vec::new, |list| list.plugins.into_iter().map(|p| p.name).collect()),

@@ -174,6 +174,7 @@ impl NodeInner {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
         let (log_fsyncs, log_fsync_appends, log_fsync_entries) = self.shared.metrics.fsync_counts();
         let (apply_calls, apply_entries) = self.shared.metrics.apply_counts();
+        let (peer_appends, peer_append_entries) = self.network.traffic().counts();
         pb::NodeUsage {
             pid: std::process::id(),
             cpu_micros: process_cpu_micros(),
@@ -183,16 +184,8 @@ impl NodeInner {
             log_fsync_entries,
             apply_calls,
             apply_entries,
-            peer_appends: self
-                .network
-                .traffic()
-                .appends
-                .load(std::sync::atomic::Ordering::Relaxed),
-            peer_append_entries: self
-                .network
-                .traffic()
-                .entries
-                .load(std::sync::atomic::Ordering::Relaxed),
+            peer_appends,
+            peer_append_entries,
         }
     }
 

@@ -7,8 +7,6 @@ mod admin;
 mod deploy;
 mod overview;
 mod read;
-
-pub(crate) use read::ReadRounds;
 mod write;
 
 use std::collections::BTreeMap;
@@ -22,6 +20,7 @@ pub use admin::{AdminError, check_member_addr, membership_error, process_cpu_mic
 pub(crate) use deploy::control_outcome;
 pub use deploy::{DEPLOY_CHUNK_BYTES, PREPARE_TIMEOUT};
 pub use overview::{Member, diverged};
+pub(crate) use read::ReadRounds;
 
 use crate::raft::{Faults, Network, Raft};
 use crate::sm::Shared;

@@ -54,11 +54,19 @@ pub struct Network {
 /// Append messages sent to peers (heartbeats included) and the entries they carried.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    pub appends: std::sync::atomic::AtomicU64,
-    pub entries: std::sync::atomic::AtomicU64,
+    appends: std::sync::atomic::AtomicU64,
+    entries: std::sync::atomic::AtomicU64,
 }
 
 impl Traffic {
+    /// Append messages sent so far, and the entries in them.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.appends.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+        )
+    }
+
     fn sent(&self, rpc: &AppendEntriesRequest<TypeConfig>) {
         self.appends.fetch_add(1, Ordering::Relaxed);
         self.entries.fetch_add(rpc.entries.len() as u64, Ordering::Relaxed);

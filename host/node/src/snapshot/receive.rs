@@ -99,26 +99,15 @@ impl Incoming {
         self.trailer.extend_from_slice(&data[in_body..]);
     }
 
-    /// Checks the header once the file holds all of it: `None` while it is still arriving.
-    fn header(&self) -> Result<Option<()>, Rejection> {
-        use std::os::unix::fs::FileExt;
-        let read = |at: u64, len: u64| {
-            let mut buf = vec![0; len as usize];
-            self.file
-                .read_exact_at(&mut buf, at)
-                .map(|()| buf)
-                .map_err(|e| Rejection::Corrupted(e.to_string()))
-        };
-        if self.written < 12 {
-            return Ok(None);
+    /// Whether the header has arrived whole (and passed its checks: an error if it failed them).
+    /// Read through a descriptor of its own, so the write position is not moved.
+    fn header_arrived(&self) -> Result<bool, Rejection> {
+        let file = File::open(&self.path).map_err(|e| Rejection::Corrupted(e.to_string()))?;
+        match read_header_from(&mut BufReader::new(file.take(self.written))) {
+            Ok(_) => Ok(true),
+            Err(Rejection::Truncated(_)) => Ok(false),
+            Err(rejection) => Err(rejection),
         }
-        let start = read(0, 12)?;
-        let len = u64::from(u32::from_le_bytes([start[8], start[9], start[10], start[11]]));
-        if len > 64 << 20 || self.written >= 12 + len {
-            let whole = if len > 64 << 20 { start } else { read(0, 12 + len)? };
-            return read_header_from(&mut whole.as_slice()).map(|_| Some(()));
-        }
-        Ok(None)
     }
 
     /// Bytes held: where the sender continues.
@@ -236,11 +225,10 @@ pub(crate) async fn receive(
         // The header is checked as soon as it is whole: a forged one ends the transfer before
         // its body is received.
         if !header_checked {
-            match blocking(|| incoming.header()) {
-                Ok(None) => {}
-                Ok(Some(())) => header_checked = true,
+            match blocking(|| incoming.header_arrived()) {
+                Ok(arrived) => header_checked = arrived,
                 Err(rejection) => {
-                    reject(&incoming.path.clone(), rejection, vote, tx, stats).await;
+                    reject(&incoming.path, rejection, vote, tx, stats).await;
                     return None;
                 }
             }
