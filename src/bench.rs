@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Operations in total.
     #[arg(long, default_value_t = 10_000)]
     ops: usize,
+    /// Run for this long instead (e.g. `600s`, `10m`): each client goes on until then, whatever
+    /// `--ops` says. For soak runs (the node's RSS is printed at the start and the end).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Bytes per value written.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -88,7 +92,22 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// A small deterministic generator (no dependency, same workload every run).
+/// `90`, `90s`, `10m` or `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected e.g. 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit is s, m or h")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
 async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Result<Outcome> {
     let value = "x".repeat(args.value_size);
     let mut connections = Vec::new();
@@ -101,15 +120,22 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
     let clients: Vec<_> = (0..lanes)
         .map(|lane| connections[lane % connections.len()].clone())
         .collect();
-    let progress = crate::progress::bar(args.ops as u64, plugin);
+    let progress = match args.duration {
+        Some(duration) => crate::progress::bar(duration.as_secs(), &format!("{plugin} (seconds)")),
+        None => crate::progress::bar(args.ops as u64, plugin),
+    };
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let deadline = args.duration.map(|d| started + d);
     let mut tasks = Vec::new();
     for (c, mut api) in clients.into_iter().enumerate() {
         let plugin = plugin.to_string();
         let value = value.clone();
         let (keys, read_ratio, consistency) = (args.keys.max(1), args.read_ratio, args.consistency);
-        let ops = per_lane.min(args.ops.saturating_sub(c * per_lane));
+        let ops = match deadline {
+            Some(_) => usize::MAX,
+            None => per_lane.min(args.ops.saturating_sub(c * per_lane)),
+        };
         let done = done.clone();
         // Each client's writes are retry-safe: one session, its sequence numbers.
         let client_id = format!("bench-{}-{c}", client::new_client_id());
@@ -119,6 +145,9 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
             let mut latencies = histogram();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             for _ in 0..ops {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 let key = rng.next() % keys as u64;
                 let read = (rng.next() % 10_000) as f64 / 10_000.0 < read_ratio;
                 let t = Instant::now();
@@ -157,7 +186,10 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
         let (progress, done) = (progress.clone(), done.clone());
         tokio::spawn(async move {
             loop {
-                progress.set_position(done.load(Ordering::Relaxed));
+                match deadline {
+                    Some(_) => progress.set_position(started.elapsed().as_secs()),
+                    None => progress.set_position(done.load(Ordering::Relaxed)),
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -199,6 +231,8 @@ fn print_row(label: &str, o: &Outcome) {
 struct Usage {
     /// CPU time of each node process (by pid: `wasmraft dev` runs every node in one).
     server_cpu_micros: BTreeMap<u32, u64>,
+    /// Resident memory of each node process.
+    server_rss_bytes: BTreeMap<u32, u64>,
     client_cpu_micros: u64,
     log_fsyncs: u64,
     log_fsync_appends: u64,
@@ -224,6 +258,7 @@ async fn usage(target: &Target) -> Usage {
     for member in members.into_inner().members {
         if let Some(u) = member.status.and_then(|s| s.usage) {
             usage.server_cpu_micros.insert(u.pid, u.cpu_micros);
+            usage.server_rss_bytes.insert(u.pid, u.rss_bytes);
             usage.log_fsyncs += u.log_fsyncs;
             usage.log_fsync_appends += u.log_fsync_appends;
             usage.log_fsync_entries += u.log_fsync_entries;
@@ -276,6 +311,18 @@ fn print_cost(before: &Usage, after: &Usage, ops: usize) {
         );
     }
     println!("{line}");
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let rss: Vec<String> = after
+        .server_rss_bytes
+        .iter()
+        .map(|(pid, end)| match before.server_rss_bytes.get(pid) {
+            Some(start) => format!("{:.0} -> {:.0} MiB", mib(*start), mib(*end)),
+            None => format!("{:.0} MiB", mib(*end)),
+        })
+        .collect();
+    if !rss.is_empty() {
+        println!("  node process RSS, start -> end: {}", rss.join(", "));
+    }
 }
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -295,11 +342,14 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|s| anyhow::anyhow!("activating native-kv: {}", s.message()))?;
         }
     }
+    let amount = match args.duration {
+        Some(d) => format!("for {}s", d.as_secs()),
+        None => format!("{} ops", args.ops),
+    };
     println!(
-        "bench: {} clients x {} in flight, {} ops, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
+        "bench: {} clients x {} in flight, {amount}, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
         args.clients,
         args.pipeline.max(1),
-        args.ops,
         args.value_size,
         args.keys,
         args.read_ratio,

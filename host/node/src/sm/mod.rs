@@ -63,7 +63,8 @@ pub struct Machine {
     membership: StoredMembership,
     /// Chain over every command entry's (index, result).
     results_digest: [u8; 32],
-    /// Session records read or written since the last flush (`None`: none, or just forgotten).
+    /// Session records as the store holds them once the pending batch lands (`None`: none, or
+    /// just forgotten): the ones read or written lately, up to [`sessions::CACHED`] after a flush.
     sessions: HashMap<String, Option<pb::SessionRecord>>,
     /// A shadow's record changed since the last flush (it is stored with the registry).
     shadows_changed: bool,
@@ -244,8 +245,10 @@ impl Machine {
             let _writing = self.shared.flush_lock.write().unwrap_or_else(|p| p.into_inner());
             store.write(batch).map_err(io_err)?;
         }
-        // The store has every session record now.
-        self.sessions.clear();
+        // The store has every session record now: the cache may start again from it.
+        if self.sessions.len() > sessions::CACHED {
+            self.sessions.clear();
+        }
         self.publish_digest(&writes_digest);
         Ok(())
     }

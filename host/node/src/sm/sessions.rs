@@ -23,6 +23,10 @@ pub(crate) const SWEEP_EVERY: u64 = 4096;
 // Apply calls break at checkpoints, so at sweeps too.
 const _: () = assert!(SWEEP_EVERY.is_multiple_of(super::CHECKPOINT_EVERY));
 
+/// Session records kept in memory across apply calls (a bound on its memory: about 200 bytes
+/// each). Without them every call would read and decode its client's record from RocksDB.
+pub(super) const CACHED: usize = 16_384;
+
 /// The longest client id.
 const MAX_CLIENT_BYTES: usize = 128;
 
