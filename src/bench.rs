@@ -98,9 +98,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(at) => text.split_at(at),
         None => (text, "s"),
     };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected e.g. 90s, 10m or 1h"))?;
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected e.g. 90s, 10m or 1h"))?;
     let seconds = match unit {
         "s" => n,
         "m" => n * 60,

@@ -18,9 +18,6 @@ use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, Sna
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::util::{blocking, io_err, lock};
 
-/// Apply batches up to this many entries run on the async worker they arrive on.
-const INLINE_APPLY_ENTRIES: usize = 8;
-
 /// openraft's state machine.
 pub struct StateMachine {
     /// The node's id, for its logs' spans.
@@ -83,14 +80,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             first = first.0.log_id.index,
             last = last.0.log_id.index,
         );
-        // Plugin calls are synchronous CPU work. A short batch runs right here: handing the
-        // worker's queue to another thread (`block_in_place`) costs more than the batch itself,
-        // about a tenth of a lone write's CPU. A long one leaves the async workers' queue alone.
-        let replies = if batch.len() <= INLINE_APPLY_ENTRIES {
-            span.in_scope(|| self.core.apply_entries(batch))?
-        } else {
-            blocking(|| span.in_scope(|| self.core.apply_entries(batch)))?
-        };
+        // Plugin calls are synchronous CPU work: keep them off the async workers' queue.
+        let replies = blocking(|| span.in_scope(|| self.core.apply_entries(batch)))?;
         for (responder, result) in replies {
             responder.send(result);
         }

@@ -71,10 +71,9 @@ impl Engine {
         }
     }
 
-    /// A query with at most `fuel` (a built-in has no fuel: it always answers).
-    pub fn query(&mut self, request: &[u8], fuel: u64) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+    pub fn query(&mut self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         match self {
-            Engine::Wasm(plugin) => plugin.query_with_fuel(request, fuel),
+            Engine::Wasm(plugin) => plugin.query(request),
             #[cfg(feature = "bench-native")]
             Engine::Native(native) => native.query(request),
         }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{error, info};
@@ -40,9 +39,6 @@ pub struct ActivePlugin {
     pub(super) apply: Mutex<Engine>,
     /// Idle query instances, each with the view slot its backend reads.
     queries: Mutex<Vec<(Engine, QueryView)>>,
-    /// Every query so far fitted the small budget of a query run on an async worker (see
-    /// `api::client`); once one has not, this plugin's queries go to the blocking pool.
-    queries_fit_inline: AtomicBool,
 }
 
 impl ActivePlugin {
@@ -112,18 +108,7 @@ impl ActivePlugin {
             code,
             apply: Mutex::new(apply),
             queries: Mutex::new(Vec::new()),
-            queries_fit_inline: AtomicBool::new(true),
         }
-    }
-
-    /// Whether this plugin's queries have all fitted a small budget so far.
-    pub fn queries_fit_inline(&self) -> bool {
-        self.queries_fit_inline.load(Ordering::Relaxed)
-    }
-
-    /// One of this plugin's queries needed more than the small budget.
-    pub fn query_did_not_fit_inline(&self) {
-        self.queries_fit_inline.store(false, Ordering::Relaxed);
     }
 
     /// The key space holding this plugin's pairs on this node.
@@ -136,14 +121,8 @@ impl ActivePlugin {
         self.code.instance(&self.info.name, Box::new(backend))
     }
 
-    /// Runs a read-only query against `view` with at most `fuel`, on an idle query instance (or a
-    /// new one).
-    pub fn query(
-        &self,
-        view: Arc<View>,
-        request: &[u8],
-        fuel: u64,
-    ) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+    /// Runs a read-only query against `view`, on an idle query instance (or a new one).
+    pub fn query(&self, view: Arc<View>, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         let idle = lock(&self.queries).pop();
         let (mut engine, slot) = idle.unwrap_or_else(|| {
             let slot = QueryView::default();
@@ -159,7 +138,7 @@ impl ActivePlugin {
             (self.code.instance(&self.info.name, Box::new(backend)), slot)
         });
         *lock(&slot) = Some(view);
-        let answer = engine.query(request, fuel);
+        let answer = engine.query(request);
         *lock(&slot) = None;
         let mut idle = lock(&self.queries);
         if idle.len() < IDLE_QUERY_INSTANCES {
@@ -275,18 +254,13 @@ impl Shared {
     }
 
     /// Answers a query from a view taken under the flush lock, so it sees whole apply calls only;
-    /// the plugin runs outside the lock, and queries run side by side. At most `fuel`.
-    pub fn query(
-        &self,
-        plugin: &ActivePlugin,
-        request: &[u8],
-        fuel: u64,
-    ) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+    /// the plugin runs outside the lock, and queries run side by side.
+    pub fn query(&self, plugin: &ActivePlugin, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         let view = {
             let _between_applies = self.flush_lock.read().unwrap_or_else(|p| p.into_inner());
             Arc::new(self.store.view())
         };
-        plugin.query(view, request, fuel)
+        plugin.query(view, request)
     }
 
     /// Makes `plugin` the active one under its name.
