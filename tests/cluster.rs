@@ -964,25 +964,3 @@ async fn cluster_status_all_shows_every_node_and_flags_a_diverged_digest() {
     assert_eq!(flagged.len(), 1, "{table}");
     assert!(flagged[0].starts_with("3 "), "{table}");
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_query_over_the_inline_fuel_budget_is_answered_in_full_from_the_blocking_pool() {
-    let cluster = Cluster::start_with_kv(1).await;
-    let mut api = cluster.nodes[0].api().await;
-    // Serializing a 512 KiB value takes the kv plugin millions of fuel units: more than a query
-    // may use on an async worker, far less than its full budget.
-    let big = "x".repeat(512 << 10);
-    call(&mut api, "kv", &put("big", &big)).await.unwrap();
-    let expected = format!(r#"{{"value":"{big}"}}"#);
-    // The first runs out of the small budget and runs again in the pool; the second goes
-    // straight there.
-    for attempt in 1..=2 {
-        let value = query(&mut api, "kv", &get("big"), Consistency::Linearizable)
-            .await
-            .unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
-        assert!(value == expected, "attempt {attempt}: {} bytes", value.len());
-    }
-    call(&mut api, "kv", &put("small", "1")).await.unwrap();
-    let value = query(&mut api, "kv", &get("small"), Consistency::Local).await.unwrap();
-    assert_eq!(value, r#"{"value":"1"}"#);
-}
