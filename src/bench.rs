@@ -98,11 +98,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(at) => text.split_at(at),
         None => (text, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected e.g. 90s, 10m or 1h"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 90s, 10m or 1h"))?;
     let seconds = match unit {
         "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
         _ => return Err(format!("{text:?}: the unit is s, m or h")),
     };
     Ok(Duration::from_secs(seconds))
