@@ -174,4 +174,33 @@ mod tests {
         assert!(known(&mut sm, &session("fresh", 2)));
         assert!(known(&mut sm, &fresh), "an older sequence is refused, not applied");
     }
+
+    #[test]
+    fn a_snapshot_install_replaces_the_cached_session_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let ok = pb::CommandResult {
+            kind: Some(pb::command_result::Kind::Ack(pb::Ack {})),
+        };
+        sm.remember(&session("c", 3), 1_000, &ok);
+        sm.flush(false).unwrap();
+        assert!(matches!(sm.seen(&session("c", 7)).unwrap(), Seen::New), "cached: seq 3");
+
+        // An install switches the store to the leader's state, where `c` is at seq 7.
+        let record = pb::SessionRecord {
+            seq: 7,
+            result: Some(ok.clone()),
+            last_ms: 2_000,
+        };
+        let mut batch = sm.shared.store.batch();
+        batch.put_blob(&key("c"), &record.encode_to_vec());
+        sm.shared.store.write(batch).unwrap();
+        let digest = sm.digest_bytes();
+        sm.installed(None, Default::default(), &digest).unwrap();
+
+        assert!(
+            known(&mut sm, &session("c", 7)),
+            "a repeat of the installed seq must be answered, not applied again"
+        );
+    }
 }
