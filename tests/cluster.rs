@@ -964,3 +964,24 @@ async fn cluster_status_all_shows_every_node_and_flags_a_diverged_digest() {
     assert_eq!(flagged.len(), 1, "{table}");
     assert!(flagged[0].starts_with("3 "), "{table}");
 }
+
+/// A guest's stdio goes through wasmtime-wasi's blocking bindings, which block on the Tokio
+/// runtime: a plugin call made on an async worker itself panics there (and an apply's panic stops
+/// Raft). Calls and queries that print must be answered like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_prints_in_its_calls_and_queries_is_answered_everywhere() {
+    let cluster = Cluster::start_with_kv(3).await;
+    cluster.deploy("probe", wasmraft::plugins::FIXTURE_WASI_PROBE).await;
+    let mut api = cluster.nodes[0].api().await;
+    for _ in 0..3 {
+        assert_eq!(call(&mut api, "probe", r#""print""#).await.unwrap(), r#""printed""#);
+    }
+    for node in &cluster.nodes {
+        let mut api = node.api().await;
+        for consistency in [Consistency::Linearizable, Consistency::Local] {
+            let answer = query(&mut api, "probe", r#""print""#, consistency).await;
+            assert_eq!(answer.unwrap(), r#""printed""#, "node {}", node.id);
+        }
+    }
+    call(&mut api, "kv", &put("after", "1")).await.unwrap();
+}
