@@ -4,7 +4,7 @@
 #   cargo build --release --features bench --bin wasmraft
 #   bench/throughput.sh [target/release/wasmraft] [ROUNDS]
 # Every row is one `wasmraft bench` run (printed before its output, so any row can be run alone).
-# The cluster is plaintext (`--insecure`) on ports 7700-7703 (peers 7750-7752, metrics 7800-7802)
+# The cluster is plaintext (`--insecure`) on ports 7700-7702 (peers 7750-7752, metrics 7800-7802)
 # with its data in a temp dir; the script stops it at the end.
 set -euo pipefail
 bin=${1:-target/release/wasmraft}

@@ -152,9 +152,7 @@ mod tests {
     fn the_sweep_forgets_sessions_idle_past_their_ttl_and_keeps_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = machine(dir.path());
-        let ok = pb::CommandResult {
-            kind: Some(pb::command_result::Kind::Ack(pb::Ack {})),
-        };
+        let ok = crate::sm::ack();
         let (old, fresh) = (session("old", 3), session("fresh", 1));
         sm.remember(&old, 1_000, &ok);
         sm.remember(&fresh, 1_000 + SESSION_TTL_MS, &ok);
@@ -179,9 +177,7 @@ mod tests {
     fn a_snapshot_install_replaces_the_cached_session_records() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = machine(dir.path());
-        let ok = pb::CommandResult {
-            kind: Some(pb::command_result::Kind::Ack(pb::Ack {})),
-        };
+        let ok = crate::sm::ack();
         sm.remember(&session("c", 3), 1_000, &ok);
         sm.flush(false).unwrap();
         assert!(matches!(sm.seen(&session("c", 7)).unwrap(), Seen::New), "cached: seq 3");
