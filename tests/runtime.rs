@@ -531,6 +531,31 @@ fn wasi_guests_see_the_entry_timestamp_fixed_hash_seeds_and_no_environment_or_fi
     assert_eq!(other_instance.query(br#""hash-order""#).unwrap(), whole[0]);
 }
 
+/// The node runs short plugin calls on its async workers, where wasmtime-wasi's own blocking
+/// calls would panic (`Handle::block_on` inside a runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn on_an_async_worker_a_plugin_prints_but_waiting_for_time_traps() {
+    let on_worker = tokio::spawn(async {
+        let runtime = runtime();
+        let code = load(&runtime, plugins::FIXTURE_WASI_PROBE);
+        let mut plugin = fresh(&code);
+        let printed = plugin.query(br#""print""#).unwrap();
+        let slept = plugin.query(br#""sleep""#).unwrap();
+        let log = entries(&[r#""print""#, r#""sleep""#, r#""print""#]);
+        let applied = results(&plugin.apply(log).unwrap());
+        (printed, slept, applied)
+    });
+    let (printed, slept, applied) = on_worker.await.expect("no panic on the worker");
+    assert_eq!(printed, ok(r#""printed""#));
+    assert!(
+        matches!(&slept, Err(PluginError::Trapped(m)) if m.contains("cannot wait for time")),
+        "{slept:?}"
+    );
+    assert_eq!(applied[0], ok(r#""printed""#));
+    assert!(matches!(&applied[1], Err(PluginError::Trapped(_))), "{:?}", applied[1]);
+    assert_eq!(applied[2], ok(r#""printed""#), "the entry after the trap still applies");
+}
+
 #[test]
 fn a_plugin_whose_results_depend_on_hashmap_order_is_caught_by_batch_independence() {
     // Rust std bumps its hash keys for every new HashMap in an instance, so HashMap iteration

@@ -254,6 +254,7 @@ fn add_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
     host::entries::add_to_linker(linker)?;
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    host::nowait::shadow(linker)?;
     Ok(())
 }
 

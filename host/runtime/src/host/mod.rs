@@ -14,6 +14,7 @@ use crate::limits::{LimitExceeded, Limits};
 pub(crate) mod entries;
 pub(crate) mod kv;
 pub(crate) mod log;
+pub(crate) mod nowait;
 pub(crate) mod wasi;
 
 /// What the plugin is doing, which decides what its imports may do.
