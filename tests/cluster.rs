@@ -358,6 +358,26 @@ async fn admin_calls_refuse_bad_input_with_the_reason_and_a_learner_can_be_remov
     call(&mut api, "kv", &put("after", "1")).await.unwrap();
 }
 
+/// Short queries run on the node's async workers within a small fuel budget; a query over it
+/// (a 100-pair scan of 1 KB values takes about 3x) is answered in full all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_over_the_inline_fuel_budget_is_answered_in_full() {
+    let cluster = Cluster::start_with_kv(1).await;
+    let mut api = cluster.nodes[0].api().await;
+    let value = "v".repeat(1000);
+    for i in 0..100 {
+        call(&mut api, "kv", &put(&format!("k{i:03}"), &value)).await.unwrap();
+    }
+    let get = r#"{"op":"get","key":"k007"}"#;
+    let scan = r#"{"op":"scan","start":"","limit":100}"#;
+    for consistency in [Consistency::Linearizable, Consistency::Local] {
+        let small = query(&mut api, "kv", get, consistency).await.unwrap();
+        assert!(small.contains(&value), "{small}");
+        let big = query(&mut api, "kv", scan, consistency).await.unwrap();
+        assert_eq!(big.matches(&value).count(), 100, "every pair, in full");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_plugin_and_a_malformed_payload_get_clear_errors_and_change_nothing() {
     let cluster = Cluster::start_with_kv(3).await;

@@ -179,8 +179,15 @@ impl Plugin {
 
     /// Answers a read-only query. A write attempt fails the query with [`PluginError::ReadOnly`].
     pub fn query(&mut self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+        self.query_with_fuel(request, u64::MAX)
+    }
+
+    /// [`Plugin::query`] with at most `fuel` (and never more than the configured `fuel_per_call`):
+    /// a caller may try a query on a small budget first. Queries never write, so running one
+    /// again with more fuel is safe.
+    pub fn query_with_fuel(&mut self, request: &[u8], fuel: u64) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         let limits = self.store.data().limits.clone();
-        let result = self.call(Mode::Query, limits.fuel_per_call, |sm, store| {
+        let result = self.call(Mode::Query, fuel.min(limits.fuel_per_call), |sm, store| {
             sm.call_query(store, request)
         })?;
         Ok(result.and_then(|inner| check_output(limits.max_output_bytes, inner)))

@@ -7,12 +7,16 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info_span};
+use wasmraft_runtime::PluginError;
 
 use super::BoxStream;
 use crate::cluster::{AdminError, NodeInner, check_member_addr, control_outcome, membership_error};
 use crate::pb::{self, command, command_result};
 
 pub struct ApiService(pub Arc<NodeInner>);
+
+/// The fuel a query may use on an async worker: about a millisecond of guest code at most.
+const INLINE_QUERY_FUEL: u64 = 1_000_000;
 
 impl ApiService {
     /// A deploy of `builtin:NAME`: nothing to upload, just the activation.
@@ -366,13 +370,29 @@ impl ApiService {
         };
         let shared = self.0.shared.clone();
         let name = req.plugin.clone();
-        let (answer, applied_index) = tokio::task::spawn_blocking(move || {
-            let answer = shared.query(&plugin, &req.request);
-            (answer.map(|a| (a, plugin.info.sha256.clone())), shared.state_digest().0)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let (answer, version) = answer.map_err(|e| Status::internal(format!("plugin {name}: {e}")))?;
+        let version = plugin.info.sha256.clone();
+        // A query that fits a small budget runs right here, when nothing would make it wait (an
+        // idle instance, the flush lock free): a trip to the blocking pool and back costs more
+        // than it. One that does not fit is run again there with the full budget (queries never
+        // write, so that is safe), and so are the plugin's later queries.
+        let quick = match plugin.queries_fit_inline() {
+            true => match shared.query_now(&plugin, &req.request, INLINE_QUERY_FUEL) {
+                Some(Ok(Err(PluginError::FuelExhausted { .. }))) => {
+                    plugin.query_did_not_fit_inline();
+                    None
+                }
+                answer => answer,
+            },
+            false => None,
+        };
+        let answer = match quick {
+            Some(answer) => answer,
+            None => tokio::task::spawn_blocking(move || shared.query(&plugin, &req.request))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?,
+        };
+        let applied_index = self.0.shared.state_digest().0;
+        let answer = answer.map_err(|e| Status::internal(format!("plugin {name}: {e}")))?;
         let result = answer.map_err(|e| Status::failed_precondition(format!("plugin {name}: {e}")))?;
         Ok(Response::new(pb::QueryResponse {
             result,

@@ -71,9 +71,10 @@ impl Engine {
         }
     }
 
-    pub fn query(&mut self, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
+    /// A query with at most `fuel` (a built-in has no fuel: it always answers).
+    pub fn query(&mut self, request: &[u8], fuel: u64) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         match self {
-            Engine::Wasm(plugin) => plugin.query(request),
+            Engine::Wasm(plugin) => plugin.query_with_fuel(request, fuel),
             #[cfg(feature = "bench-native")]
             Engine::Native(native) => native.query(request),
         }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{error, info};
@@ -39,6 +40,9 @@ pub struct ActivePlugin {
     pub(super) apply: Mutex<Engine>,
     /// Idle query instances, each with the view slot its backend reads.
     queries: Mutex<Vec<(Engine, QueryView)>>,
+    /// Every query so far fitted the small budget of a query run on an async worker (see
+    /// `api::client`); once one has not, this plugin's queries go to the blocking pool.
+    queries_fit_inline: AtomicBool,
 }
 
 impl ActivePlugin {
@@ -108,7 +112,18 @@ impl ActivePlugin {
             code,
             apply: Mutex::new(apply),
             queries: Mutex::new(Vec::new()),
+            queries_fit_inline: AtomicBool::new(true),
         }
+    }
+
+    /// Whether this plugin's queries have all fitted a small budget so far.
+    pub fn queries_fit_inline(&self) -> bool {
+        self.queries_fit_inline.load(Ordering::Relaxed)
+    }
+
+    /// One of this plugin's queries needed more than the small budget.
+    pub fn query_did_not_fit_inline(&self) {
+        self.queries_fit_inline.store(false, Ordering::Relaxed);
     }
 
     /// The key space holding this plugin's pairs on this node.
@@ -121,24 +136,36 @@ impl ActivePlugin {
         self.code.instance(&self.info.name, Box::new(backend))
     }
 
-    /// Runs a read-only query against `view`, on an idle query instance (or a new one).
-    pub fn query(&self, view: Arc<View>, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
-        let idle = lock(&self.queries).pop();
-        let (mut engine, slot) = idle.unwrap_or_else(|| {
-            let slot = QueryView::default();
-            let backend = {
-                let (space, slot) = (self.info.space.clone(), slot.clone());
-                move || -> Box<dyn KvBackend> {
-                    Box::new(QueryBackend {
-                        space: space.clone(),
-                        view: slot.clone(),
-                    })
-                }
-            };
-            (self.code.instance(&self.info.name, Box::new(backend)), slot)
-        });
+    fn idle_query_instance(&self) -> Option<(Engine, QueryView)> {
+        lock(&self.queries).pop()
+    }
+
+    /// A new query instance (instantiating can take milliseconds).
+    fn new_query_instance(&self) -> (Engine, QueryView) {
+        let slot = QueryView::default();
+        let backend = {
+            let (space, slot) = (self.info.space.clone(), slot.clone());
+            move || -> Box<dyn KvBackend> {
+                Box::new(QueryBackend {
+                    space: space.clone(),
+                    view: slot.clone(),
+                })
+            }
+        };
+        (self.code.instance(&self.info.name, Box::new(backend)), slot)
+    }
+
+    /// Runs a read-only query against `view` with at most `fuel` on `instance`, which goes back
+    /// to the idle ones after.
+    fn run_query(
+        &self,
+        (mut engine, slot): (Engine, QueryView),
+        view: Arc<View>,
+        request: &[u8],
+        fuel: u64,
+    ) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         *lock(&slot) = Some(view);
-        let answer = engine.query(request);
+        let answer = engine.query(request, fuel);
         *lock(&slot) = None;
         let mut idle = lock(&self.queries);
         if idle.len() < IDLE_QUERY_INSTANCES {
@@ -254,13 +281,34 @@ impl Shared {
     }
 
     /// Answers a query from a view taken under the flush lock, so it sees whole apply calls only;
-    /// the plugin runs outside the lock, and queries run side by side.
+    /// the plugin runs outside the lock, and queries run side by side. This may wait (for the
+    /// lock, a new instance, the plugin): run it on the blocking pool.
     pub fn query(&self, plugin: &ActivePlugin, request: &[u8]) -> Result<Result<Vec<u8>, PluginError>, RuntimeError> {
         let view = {
             let _between_applies = self.flush_lock.read().unwrap_or_else(|p| p.into_inner());
             Arc::new(self.store.view())
         };
-        plugin.query(view, request)
+        let instance = plugin
+            .idle_query_instance()
+            .unwrap_or_else(|| plugin.new_query_instance());
+        plugin.run_query(instance, view, request, u64::MAX)
+    }
+
+    /// [`Shared::query`] if it cannot wait: on an idle instance, with the flush lock free, and
+    /// with at most `fuel` (a built-in has none: it always answers). `None` when it would have
+    /// waited. Meant for an async worker.
+    pub fn query_now(
+        &self,
+        plugin: &ActivePlugin,
+        request: &[u8],
+        fuel: u64,
+    ) -> Option<Result<Result<Vec<u8>, PluginError>, RuntimeError>> {
+        let view = {
+            let _between_applies = self.flush_lock.try_read().ok()?;
+            Arc::new(self.store.view())
+        };
+        let instance = plugin.idle_query_instance()?;
+        Some(plugin.run_query(instance, view, request, fuel))
     }
 
     /// Makes `plugin` the active one under its name.
