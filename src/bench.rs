@@ -14,6 +14,7 @@ use wasmraft_node::pb;
 
 use crate::client::{self, Target};
 use crate::context::EndpointArg;
+use crate::pipeline::Pipeline;
 use wasmraft::workload::SplitMix;
 
 #[derive(clap::Args)]
@@ -26,10 +27,14 @@ pub struct BenchArgs {
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Requests each client keeps in flight on its one connection (HTTP/2 streams; each with a
-    /// session of its own, so retries stay safe).
+    /// Requests each client keeps in flight on its one connection, all on one `Pipeline` stream
+    /// (each with a session of its own, so retries stay safe).
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
+    /// One unary `Call`/`Query` RPC per request (an HTTP/2 stream each, as `wasmraft call` does),
+    /// instead of each client's one `Pipeline` stream.
+    #[arg(long)]
+    unary: bool,
     /// Operations in total.
     #[arg(long, default_value_t = 10_000)]
     ops: usize,
@@ -110,11 +115,38 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// How a lane sends its requests.
+#[derive(Clone)]
+enum Lane {
+    Unary(client::Api),
+    Pipelined(Pipeline),
+}
+
+impl Lane {
+    async fn call(&mut self, req: pb::CallRequest) -> Result<(), tonic::Status> {
+        match self {
+            Lane::Unary(api) => client::call_retrying(api, req).await.map(|_| ()),
+            Lane::Pipelined(pipeline) => client::retrying(|| pipeline.call(req.clone())).await.map(|_| ()),
+        }
+    }
+
+    async fn query(&mut self, req: pb::QueryRequest) -> Result<(), tonic::Status> {
+        match self {
+            Lane::Unary(api) => api.query(req).await.map(|_| ()),
+            Lane::Pipelined(pipeline) => pipeline.query(req).await.map(|_| ()),
+        }
+    }
+}
+
 async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Result<Outcome> {
     let value = "x".repeat(args.value_size);
     let mut connections = Vec::new();
     for _ in 0..args.clients.max(1) {
-        connections.push(client::connect(target).await?);
+        let mut api = client::connect(target).await?;
+        connections.push(match args.unary {
+            true => Lane::Unary(api),
+            false => Lane::Pipelined(Pipeline::open(&mut api).await?),
+        });
     }
     // A lane is one request in flight: `pipeline` of them share each client's connection.
     let lanes = connections.len() * args.pipeline.max(1);
@@ -161,7 +193,7 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
                         consistency: consistency as i32,
                         shadow: false,
                     };
-                    api.query(req).await.map(|_| ())
+                    api.query(req).await
                 } else {
                     let payload = format!(r#"{{"op":"put","key":"k{key}","value":"{value}"}}"#).into_bytes();
                     seq += 1;
@@ -173,7 +205,7 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
                             seq,
                         }),
                     };
-                    client::call_retrying(&mut api, req).await.map(|_| ())
+                    api.call(req).await
                 };
                 latencies.saturating_record(t.elapsed().as_micros() as u64);
                 done.fetch_add(1, Ordering::Relaxed);
@@ -349,9 +381,14 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
         None => format!("{} ops", args.ops),
     };
     println!(
-        "bench: {} clients x {} in flight, {amount}, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
+        "bench: {} clients x {} in flight ({}), {amount}, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
         args.clients,
         args.pipeline.max(1),
+        if args.unary {
+            "unary RPCs"
+        } else {
+            "one Pipeline stream each"
+        },
         args.value_size,
         args.keys,
         args.read_ratio,

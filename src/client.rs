@@ -73,10 +73,23 @@ pub async fn call_retrying(
     api: &mut Api,
     req: pb::CallRequest,
 ) -> Result<tonic::Response<pb::CallResponse>, tonic::Status> {
+    retrying(|| {
+        let (mut api, req) = (api.clone(), req.clone());
+        async move { api.call(req).await }
+    })
+    .await
+}
+
+/// `send()` again while it fails retryably, as [`call_retrying`] says.
+pub async fn retrying<T, F, Fut>(mut send: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let deadline = std::time::Instant::now() + CALL_RETRY_FOR;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match api.call(req.clone()).await {
+        match send().await {
             Err(status)
                 if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
                     && std::time::Instant::now() < deadline =>

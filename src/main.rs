@@ -18,6 +18,7 @@ mod client;
 mod context;
 mod deploy;
 mod dev;
+mod pipeline;
 mod progress;
 mod project;
 mod signing;

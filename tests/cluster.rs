@@ -358,6 +358,86 @@ async fn admin_calls_refuse_bad_input_with_the_reason_and_a_learner_can_be_remov
     call(&mut api, "kv", &put("after", "1")).await.unwrap();
 }
 
+/// Sends `requests` on one `Pipeline` stream, all at once, and returns every reply by id once
+/// the node has answered them all and ended the stream.
+async fn pipelined(
+    api: &mut pb::api_client::ApiClient<tonic::transport::Channel>,
+    requests: Vec<pb::PipelineRequest>,
+) -> std::collections::BTreeMap<u64, pb::pipeline_reply::Outcome> {
+    let stream = tokio_stream::iter(requests);
+    let mut replies = api.pipeline(stream).await.unwrap().into_inner();
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        let outcome = reply.outcome.expect("every reply has an outcome");
+        assert!(
+            answers.insert(reply.id, outcome).is_none(),
+            "id {} answered twice",
+            reply.id
+        );
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_stream_answers_many_calls_and_queries_in_flight_each_by_its_id() {
+    use pb::pipeline_reply::Outcome;
+    use pb::pipeline_request::Op;
+    let cluster = Cluster::start_with_kv(3).await;
+    // Any node: a follower forwards the calls.
+    let mut api = cluster.nodes[2].api().await;
+    let call = |id: u64, plugin: &str, payload: String| pb::PipelineRequest {
+        id,
+        op: Some(Op::Call(pb::CallRequest {
+            plugin: plugin.into(),
+            payload: payload.into_bytes(),
+            session: None,
+        })),
+    };
+    let mut requests: Vec<_> = (0..300)
+        .map(|i| call(i, "kv", put(&format!("k{i}"), &format!("v{i}"))))
+        .collect();
+    requests.push(call(1000, "nope", put("k", "v")));
+    requests.push(call(1001, "kv", "{not json".into()));
+    let answers = pipelined(&mut api, requests).await;
+    assert_eq!(answers.len(), 302);
+    let mut indexes: Vec<u64> = (0..300)
+        .map(|i| match &answers[&i] {
+            Outcome::Call(answer) => answer.index,
+            other => panic!("call {i}: {other:?}"),
+        })
+        .collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), 300, "each call is its own log entry");
+    let code = |id: u64| match &answers[&id] {
+        Outcome::Error(e) => tonic::Code::from_i32(e.code),
+        other => panic!("{id}: {other:?}"),
+    };
+    assert_eq!(code(1000), tonic::Code::NotFound, "one failed request fails alone");
+    assert_eq!(code(1001), tonic::Code::FailedPrecondition);
+
+    let query = |id: u64, key: String| pb::PipelineRequest {
+        id,
+        op: Some(Op::Query(pb::QueryRequest {
+            plugin: "kv".into(),
+            request: get(&key).into_bytes(),
+            consistency: Consistency::Linearizable as i32,
+            shadow: false,
+        })),
+    };
+    let answers = pipelined(&mut api, (0..300).map(|i| query(i, format!("k{i}"))).collect()).await;
+    assert_eq!(answers.len(), 300);
+    for (id, outcome) in answers {
+        match outcome {
+            Outcome::Query(answer) => {
+                let text = String::from_utf8(answer.result).unwrap();
+                assert!(text.contains(&format!(r#""v{id}""#)), "query {id}: {text}");
+            }
+            other => panic!("query {id}: {other:?}"),
+        }
+    }
+}
+
 /// Short queries run on the node's async workers within a small fuel budget; a query over it
 /// (a 100-pair scan of 1 KB values takes about 3x) is answered in full all the same.
 #[tokio::test(flavor = "multi_thread")]

@@ -184,6 +184,30 @@ async fn a_client_needs_a_token_with_the_role_of_what_it_asks_and_a_refusal_name
     let read_back = run(read, &["query", "kv", get]);
     assert!(read_back.status.success(), "{}", text(&read_back));
     assert!(text(&read_back).contains(r#""value":"v""#), "{}", text(&read_back));
+    // On a `Pipeline` stream (the bench's), the read token's queries are answered and its calls
+    // refused, each on its own.
+    let bench = [
+        "bench",
+        "--clients",
+        "1",
+        "--pipeline",
+        "4",
+        "--ops",
+        "20",
+        "--keys",
+        "1",
+    ];
+    let piped_reads = run(read, &[&bench[..], &["--read-ratio", "1"]].concat());
+    assert!(piped_reads.status.success(), "{}", text(&piped_reads));
+    assert!(!text(&piped_reads).contains("failed"), "{}", text(&piped_reads));
+    let piped_writes = run(read, &bench);
+    assert!(
+        text(&piped_writes).contains("failed, by status code: PermissionDenied 20"),
+        "{}",
+        text(&piped_writes)
+    );
+    let untouched = run(read, &["query", "kv", r#"{"op":"get","key":"k0"}"#]);
+    assert!(text(&untouched).contains("null"), "{}", text(&untouched));
     // Nothing the refused calls asked for happened.
     let plugins = run(read, &["plugins"]);
     assert!(!text(&plugins).contains("other"), "{}", text(&plugins));

@@ -110,9 +110,9 @@ impl Role {
 pub fn required_role(path: &str) -> Role {
     let method = path.rsplit('/').next().unwrap_or_default();
     match method {
-        "Query" | "ListPlugins" | "ClusterStatus" | "Checkpoints" | "CheckDigests" | "ShadowStatus" | "Members" => {
-            Role::Read
-        }
+        // A pipeline's calls each need `write` (`api::client` checks them one by one).
+        "Query" | "Pipeline" | "ListPlugins" | "ClusterStatus" | "Checkpoints" | "CheckDigests" | "ShadowStatus"
+        | "Members" => Role::Read,
         "Call" => Role::Write,
         _ => Role::Admin,
     }
@@ -253,6 +253,7 @@ mod tests {
     fn each_method_needs_the_role_of_what_it_does_and_unknown_ones_need_admin() {
         assert_eq!(required_role("/wasmraft.v1.Api/Query"), Role::Read);
         assert_eq!(required_role("/wasmraft.v1.Api/Call"), Role::Write);
+        assert_eq!(required_role("/wasmraft.v1.Api/Pipeline"), Role::Read);
         assert_eq!(required_role("/wasmraft.v1.Api/Deploy"), Role::Admin);
         assert_eq!(required_role("/wasmraft.v1.Api/ChangeMembership"), Role::Admin);
         assert_eq!(required_role("/wasmraft.v1.Api/SomethingNew"), Role::Admin);

@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::cluster::NodeInner;
-use crate::security::{Tokens, certificate_names, node_name, required_role};
+use crate::security::{Role, Tokens, certificate_names, node_name, required_role};
 
 #[derive(Clone)]
 pub(crate) enum Access {
@@ -27,17 +27,28 @@ pub(crate) enum Access {
     Members(Arc<NodeInner>),
 }
 
+/// The role the caller's token carries, in the extensions of a request the token admitted (none
+/// when tokens are off): a handler whose stream carries calls checks each against it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Granted(pub(crate) Role);
+
 impl Access {
-    fn refusal<B>(&self, request: &http::Request<B>) -> Option<Status> {
+    /// Admits `request` (noting the token's role in it), or says why not.
+    fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
         match self {
-            Access::Open => None,
-            Access::Tokens(tokens) => token_refusal(tokens, request),
-            Access::Members(node) => member_refusal(node, request),
+            Access::Open => Ok(()),
+            Access::Tokens(tokens) => {
+                let role = token_role(tokens, request)?;
+                request.extensions_mut().insert(Granted(role));
+                Ok(())
+            }
+            Access::Members(node) => member_refusal(node, request).map_or(Ok(()), Err),
         }
     }
 }
 
-fn token_refusal<B>(tokens: &Tokens, request: &http::Request<B>) -> Option<Status> {
+/// The role of the caller's token, if it has the one the method needs.
+fn token_role<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<Role, Status> {
     let needed = required_role(request.uri().path());
     let presented = request
         .headers()
@@ -45,22 +56,22 @@ fn token_refusal<B>(tokens: &Tokens, request: &http::Request<B>) -> Option<Statu
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     let Some(token) = presented else {
-        return Some(Status::unauthenticated(format!(
+        return Err(Status::unauthenticated(format!(
             "no token: this call needs the `{}` role (give --token or $WASMRAFT_TOKEN)",
             needed.as_str()
         )));
     };
     match tokens.role_of(token) {
-        None => Some(Status::unauthenticated(format!(
+        None => Err(Status::unauthenticated(format!(
             "the token is not valid here: this call needs the `{}` role",
             needed.as_str()
         ))),
-        Some(role) if role < needed => Some(Status::permission_denied(format!(
+        Some(role) if role < needed => Err(Status::permission_denied(format!(
             "this call needs the `{}` role; the token has `{}`",
             needed.as_str(),
             role.as_str()
         ))),
-        Some(_) => None,
+        Some(role) => Ok(role),
     }
 }
 
@@ -115,10 +126,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match self.access.refusal(&request) {
-            Some(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
-            None => Box::pin(self.inner.call(request)),
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.access.check(&mut request) {
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            Ok(()) => Box::pin(self.inner.call(request)),
         }
     }
 }

@@ -10,10 +10,16 @@ use tracing::{Instrument, info_span};
 use wasmraft_runtime::PluginError;
 
 use super::BoxStream;
+use super::access::Granted;
 use crate::cluster::{AdminError, NodeInner, check_member_addr, control_outcome, membership_error};
 use crate::pb::{self, command, command_result};
+use crate::security::Role;
 
 pub struct ApiService(pub Arc<NodeInner>);
+
+/// The most calls and queries one `Pipeline` stream runs at a time; more wait in the stream
+/// (HTTP/2 flow control pushes back on the client).
+const PIPELINE_IN_FLIGHT: usize = 1024;
 
 /// The fuel a query may use on an async worker: about a millisecond of guest code at most.
 const INLINE_QUERY_FUEL: u64 = 1_000_000;
@@ -77,36 +83,25 @@ fn call_outcome(plugin: &str, index: u64, result: pb::CommandResult) -> Result<p
 #[tonic::async_trait]
 impl pb::api_server::Api for ApiService {
     async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallResponse>, Status> {
-        let req = req.into_inner();
-        if req.payload.len() > super::MAX_COMMAND_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the command is {} bytes, over the limit of {} (one command is one log entry)",
-                req.payload.len(),
-                super::MAX_COMMAND_BYTES
-            )));
-        }
-        let plugin = req.plugin.clone();
-        let command = pb::Command {
-            timestamp_ms: 0,
-            kind: Some(command::Kind::Call(pb::PluginCall {
-                plugin: req.plugin,
-                payload: req.payload.into(),
-                session: req.session,
-            })),
-        };
-        let (index, result) = self.0.propose(command).await?;
-        Ok(Response::new(call_outcome(&plugin, index, result)?))
+        Ok(Response::new(self.answer_call(req.into_inner()).await?))
     }
 
     async fn query(&self, req: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
-        let started = std::time::Instant::now();
-        let consistency = req.get_ref().consistency();
-        let answer = self.answer_query(req.into_inner()).await;
-        self.0
-            .shared
-            .metrics
-            .observe_query(consistency.as_str_name(), started.elapsed());
-        answer
+        Ok(Response::new(self.observed_query(req.into_inner()).await?))
+    }
+
+    type PipelineStream = BoxStream<pb::PipelineReply>;
+
+    async fn pipeline(
+        &self,
+        req: Request<Streaming<pb::PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let may_call = req.extensions().get::<Granted>().is_none_or(|g| g.0 >= Role::Write);
+        let input = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(PIPELINE_IN_FLIGHT);
+        let api = ApiService(self.0.clone());
+        tokio::spawn(async move { api.serve_pipeline(input, may_call, tx).await });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     type DeployStream = BoxStream<pb::DeployProgress>;
@@ -345,8 +340,98 @@ impl pb::api_server::Api for ApiService {
 }
 
 impl ApiService {
+    /// A call: its command through the log, then its replicated result.
+    async fn answer_call(&self, req: pb::CallRequest) -> Result<pb::CallResponse, Status> {
+        if req.payload.len() > super::MAX_COMMAND_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the command is {} bytes, over the limit of {} (one command is one log entry)",
+                req.payload.len(),
+                super::MAX_COMMAND_BYTES
+            )));
+        }
+        let plugin = req.plugin.clone();
+        let command = pb::Command {
+            timestamp_ms: 0,
+            kind: Some(command::Kind::Call(pb::PluginCall {
+                plugin: req.plugin,
+                payload: req.payload.into(),
+                session: req.session,
+            })),
+        };
+        let (index, result) = self.0.propose(command).await?;
+        call_outcome(&plugin, index, result)
+    }
+
+    /// [`ApiService::answer_query`], timed in the query metrics.
+    async fn observed_query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, Status> {
+        let started = std::time::Instant::now();
+        let consistency = req.consistency();
+        let answer = self.answer_query(req).await;
+        self.0
+            .shared
+            .metrics
+            .observe_query(consistency.as_str_name(), started.elapsed());
+        answer
+    }
+
+    /// Runs the calls and queries of one `Pipeline` stream side by side (at most
+    /// [`PIPELINE_IN_FLIGHT`]), each answered as soon as it is done, until the client closes its
+    /// side and every answer is sent, or goes away. A broken request stream ends it: what was
+    /// running is dropped (a call already proposed still applies; its client saw the stream break,
+    /// so it knows the outcome is unknown).
+    async fn serve_pipeline(
+        &self,
+        mut input: Streaming<pb::PipelineRequest>,
+        may_call: bool,
+        tx: tokio::sync::mpsc::Sender<Result<pb::PipelineReply, Status>>,
+    ) {
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                request = input.message(), if open && running.len() < PIPELINE_IN_FLIGHT => match request {
+                    Ok(Some(request)) => running.push(self.pipelined(request, may_call)),
+                    Ok(None) => open = false,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                },
+                Some(reply) = futures::StreamExt::next(&mut running), if !running.is_empty() => {
+                    if tx.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+                else => return,
+            }
+        }
+    }
+
+    /// One request of a `Pipeline` stream, answered as `Call` or `Query` would.
+    async fn pipelined(&self, request: pb::PipelineRequest, may_call: bool) -> pb::PipelineReply {
+        use pb::pipeline_reply::Outcome;
+        use pb::pipeline_request::Op;
+        let outcome = match request.op {
+            Some(Op::Call(_)) if !may_call => Err(Status::permission_denied(
+                "a call needs the `write` role; the token has `read`",
+            )),
+            Some(Op::Call(call)) => self.answer_call(call).await.map(Outcome::Call),
+            Some(Op::Query(query)) => self.observed_query(query).await.map(Outcome::Query),
+            None => Err(Status::invalid_argument("a pipeline request carries a call or a query")),
+        };
+        pb::PipelineReply {
+            id: request.id,
+            outcome: Some(outcome.unwrap_or_else(|status| {
+                Outcome::Error(pb::PipelineError {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                })
+            })),
+        }
+    }
+
     /// A query at its consistency: the read barrier, then the plugin's answer.
-    async fn answer_query(&self, req: pb::QueryRequest) -> Result<Response<pb::QueryResponse>, Status> {
+    async fn answer_query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, Status> {
         self.0.read_barrier(req.consistency()).await?;
         let plugin = if req.shadow {
             let shadow = self
@@ -394,10 +479,10 @@ impl ApiService {
         let applied_index = self.0.shared.state_digest().0;
         let answer = answer.map_err(|e| Status::internal(format!("plugin {name}: {e}")))?;
         let result = answer.map_err(|e| Status::failed_precondition(format!("plugin {name}: {e}")))?;
-        Ok(Response::new(pb::QueryResponse {
+        Ok(pb::QueryResponse {
             result,
             version,
             applied_index,
-        }))
+        })
     }
 }
