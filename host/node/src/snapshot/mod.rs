@@ -91,7 +91,7 @@ pub struct SnapshotConfig {
 impl Default for SnapshotConfig {
     fn default() -> Self {
         Self {
-            logs_since_last: 10_000,
+            logs_since_last: 100_000,
             keep_logs: 1_000,
             keep_files: 2,
             chunk_bytes: 1 << 20,
