@@ -5,6 +5,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -18,12 +19,19 @@ use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, Sna
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::util::{blocking, io_err, lock};
 
+/// An apply call of one plugin call runs right on the async worker while such calls stay this
+/// quick (wall time: it decides where calls run, never what they do).
+const INLINE_APPLY_WITHIN: Duration = Duration::from_millis(1);
+
 /// openraft's state machine.
 pub struct StateMachine {
     /// The node's id, for its logs' spans.
     id: u64,
     core: Machine,
     snapshots: Arc<Snapshots>,
+    /// Lone plugin calls still apply on the async worker: none has taken over
+    /// [`INLINE_APPLY_WITHIN`] yet.
+    inline_applies: bool,
 }
 
 impl StateMachine {
@@ -40,7 +48,12 @@ impl StateMachine {
         snapshot::clean(&settings.dir)?;
         let core = Machine::open(id, store, runtime, plugin_trust)?;
         let snapshots = Arc::new(Snapshots::new(settings, core.shared().metrics.clone()));
-        Ok(Self { id, core, snapshots })
+        Ok(Self {
+            id,
+            core,
+            snapshots,
+            inline_applies: true,
+        })
     }
 
     /// The active plugins and the state, as queries and the services see them.
@@ -80,8 +93,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             first = first.0.log_id.index,
             last = last.0.log_id.index,
         );
-        // Plugin calls are synchronous CPU work: keep them off the async workers' queue.
-        let replies = blocking(|| span.in_scope(|| self.core.apply_entries(batch)))?;
+        // Plugin calls are synchronous CPU work: keep them off the async workers' queue. Except
+        // a lone plugin call (a quiet cluster, one client): handing the worker's queue to another
+        // thread (`block_in_place`) costs more than the call, about a fifth of a lone write's
+        // CPU. The first such call that takes long (a plugin that burns its fuel, a RocksDB write
+        // stall) stalls this worker once; from then on this node's apply calls all leave it.
+        let replies = if self.inline_applies && Machine::quick_to_apply(&batch) {
+            let started = Instant::now();
+            let replies = span.in_scope(|| self.core.apply_entries(batch))?;
+            if started.elapsed() > INLINE_APPLY_WITHIN {
+                self.inline_applies = false;
+                warn!(
+                    node = self.id,
+                    took = ?started.elapsed(),
+                    "a plugin call took over {INLINE_APPLY_WITHIN:?} to apply on an async worker: \
+                     apply calls run off the async workers from now on"
+                );
+            }
+            replies
+        } else {
+            blocking(|| span.in_scope(|| self.core.apply_entries(batch)))?
+        };
         for (responder, result) in replies {
             responder.send(result);
         }

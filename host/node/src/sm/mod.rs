@@ -276,6 +276,18 @@ impl Machine {
     }
 
     /// Applies entries in order; returns one result per command entry, with its responder.
+    /// Whether `entries` is one plugin call and no periodic work (a session sweep) comes with
+    /// it: short work, unless the plugin burns its fuel (not an activation, which compiles).
+    pub(crate) fn quick_to_apply(entries: &[EntryResponder<TypeConfig>]) -> bool {
+        match entries {
+            [(entry, _)] => {
+                !entry.log_id.index.is_multiple_of(sessions::SWEEP_EVERY)
+                    && matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.kind, Some(command::Kind::Call(_))))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn apply_entries(&mut self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<Replies> {
         self.shared.metrics.observe_apply_batch(entries.len());
         let mut replies = Vec::new();
@@ -522,5 +534,39 @@ impl Machine {
         lock(&self.pending).writes_digest = writes;
         self.publish_digest(&writes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Entry;
+
+    fn entry(index: u64, kind: command::Kind) -> EntryResponder<TypeConfig> {
+        let command = pb::Command {
+            timestamp_ms: 0,
+            kind: Some(kind),
+        };
+        let entry = Entry {
+            log_id: LogId::new(1.into(), index),
+            payload: EntryPayload::Normal(command),
+        };
+        (entry, None)
+    }
+
+    fn call(index: u64) -> EntryResponder<TypeConfig> {
+        entry(index, command::Kind::Call(pb::PluginCall::default()))
+    }
+
+    #[test]
+    fn only_a_lone_plugin_call_without_a_session_sweep_is_quick_to_apply() {
+        assert!(Machine::quick_to_apply(&[call(7)]));
+        assert!(!Machine::quick_to_apply(&[]));
+        assert!(!Machine::quick_to_apply(&[call(7), call(8)]), "a batch");
+        assert!(!Machine::quick_to_apply(&[call(sessions::SWEEP_EVERY)]), "a sweep");
+        let activate = entry(7, command::Kind::Activate(pb::Activate::default()));
+        assert!(!Machine::quick_to_apply(&[activate]), "an activation compiles");
+        let blank = (Entry::new_blank(LogId::new(1.into(), 7)), None);
+        assert!(!Machine::quick_to_apply(&[blank]));
     }
 }
