@@ -3,7 +3,8 @@
 # by side in each row. Build the binary first, as a release bench build:
 #   cargo build --release --features bench --bin wasmraft
 #   bench/throughput.sh [target/release/wasmraft] [ROUNDS]
-# Every row is one `wasmraft bench` run (printed before its output, so any row can be run alone).
+# Every row is one `wasmraft bench` run of 10 s per plugin (printed before its output, so any row
+# can be run alone); $BENCH_FLAGS goes to every row (e.g. BENCH_FLAGS=--unary).
 # The cluster is plaintext (`--insecure`) on ports 7700-7702 (peers 7750-7752, metrics 7800-7802)
 # with its data in a temp dir; the script stops it at the end.
 set -euo pipefail
@@ -31,20 +32,25 @@ start_cluster() {
 
 row() {
     echo
-    echo "== $bin bench --endpoint http://127.0.0.1:7700 --compare-native $*"
-    "$bin" bench --endpoint http://127.0.0.1:7700 --compare-native "$@"
+    echo "== $bin bench --endpoint http://127.0.0.1:7700 --compare-native $* ${BENCH_FLAGS:-}"
+    # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
+    "$bin" bench --endpoint http://127.0.0.1:7700 --compare-native "$@" ${BENCH_FLAGS:-}
 }
 
 start_cluster
 for round in $(seq 1 "$rounds"); do
     echo
     echo "#### round $round"
-    row --clients 1 --ops 2000
-    row --clients 64 --ops 40000
-    row --clients 256 --ops 80000
-    row --clients 64 --pipeline 4 --ops 80000
+    row --clients 1 --duration 10s
+    row --clients 64 --duration 10s
+    row --clients 256 --duration 10s
+    row --clients 64 --pipeline 4 --duration 10s
+    row --clients 16 --pipeline 64 --duration 10s
     for consistency in linearizable lease local; do
-        row --clients 64 --ops 100000 --read-ratio 1 --consistency "$consistency"
+        row --clients 64 --duration 10s --read-ratio 1 --consistency "$consistency"
     done
-    row --clients 64 --ops 100000 --read-ratio 0.9
+    for consistency in linearizable lease; do
+        row --clients 64 --pipeline 4 --duration 10s --read-ratio 1 --consistency "$consistency"
+    done
+    row --clients 64 --duration 10s --read-ratio 0.9
 done
