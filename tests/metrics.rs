@@ -208,6 +208,42 @@ async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every
         on_follower.samples
     );
 
+    // Calls and queries on a `Pipeline` stream count as calls and queries.
+    let ok = |scrape: &prometheus_parse::Scrape, method| {
+        value(
+            scrape,
+            "wasmraft_grpc_requests_total",
+            &[("method", method), ("code", "Ok")],
+        )
+        .unwrap_or(0.0)
+    };
+    let query = "/wasmraft.v1.Api/Query";
+    let (calls_before, queries_before) = (ok(&on_first, call), ok(&on_first, query));
+    let requests: Vec<_> = (0..4)
+        .map(|id| {
+            use wasmraft_node::pb;
+            let op = match id {
+                0 => pb::pipeline_request::Op::Query(pb::QueryRequest {
+                    plugin: "kv".into(),
+                    request: br#"{"op":"get","key":"k1"}"#.to_vec(),
+                    consistency: Consistency::Local as i32,
+                    shadow: false,
+                }),
+                _ => pb::pipeline_request::Op::Call(pb::CallRequest {
+                    plugin: "kv".into(),
+                    payload: format!(r#"{{"op":"put","key":"p{id}","value":"v"}}"#).into_bytes(),
+                    session: None,
+                }),
+            };
+            pb::PipelineRequest { id, op: Some(op) }
+        })
+        .collect();
+    let mut replies = api.pipeline(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    while replies.message().await.unwrap().is_some() {}
+    let after = scrape(nodes[0].metrics_addr().unwrap()).await;
+    assert_eq!(ok(&after, call), calls_before + 3.0, "{:?}", after.samples);
+    assert_eq!(ok(&after, query), queries_before + 1.0);
+
     // A snapshot build (on node 1, which was asked) is timed and its bytes counted.
     let built = api
         .snapshot(wasmraft_node::pb::SnapshotRequest {})

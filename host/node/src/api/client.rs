@@ -17,6 +17,12 @@ use crate::security::Role;
 
 pub struct ApiService(pub Arc<NodeInner>);
 
+/// The methods a pipelined request is counted as in the metrics (a request with neither a call
+/// nor a query counts as `Pipeline`).
+const CALL: &str = "/wasmraft.v1.Api/Call";
+const QUERY: &str = "/wasmraft.v1.Api/Query";
+const PIPELINE: &str = "/wasmraft.v1.Api/Pipeline";
+
 /// The most calls and queries one `Pipeline` stream runs at a time; more wait in the stream
 /// (HTTP/2 flow control pushes back on the client).
 const PIPELINE_IN_FLIGHT: usize = 1024;
@@ -407,18 +413,28 @@ impl ApiService {
         }
     }
 
-    /// One request of a `Pipeline` stream, answered as `Call` or `Query` would.
+    /// One request of a `Pipeline` stream, answered (and counted in the metrics) as `Call` or
+    /// `Query` would.
     async fn pipelined(&self, request: pb::PipelineRequest, may_call: bool) -> pb::PipelineReply {
         use pb::pipeline_reply::Outcome;
         use pb::pipeline_request::Op;
-        let outcome = match request.op {
-            Some(Op::Call(_)) if !may_call => Err(Status::permission_denied(
-                "a call needs the `write` role; the token has `read`",
-            )),
-            Some(Op::Call(call)) => self.answer_call(call).await.map(Outcome::Call),
-            Some(Op::Query(query)) => self.observed_query(query).await.map(Outcome::Query),
-            None => Err(Status::invalid_argument("a pipeline request carries a call or a query")),
+        let started = std::time::Instant::now();
+        let (method, outcome) = match request.op {
+            Some(Op::Call(_)) if !may_call => (
+                CALL,
+                Err(Status::permission_denied(
+                    "a call needs the `write` role; the token has `read`",
+                )),
+            ),
+            Some(Op::Call(call)) => (CALL, self.answer_call(call).await.map(Outcome::Call)),
+            Some(Op::Query(query)) => (QUERY, self.observed_query(query).await.map(Outcome::Query)),
+            None => (
+                PIPELINE,
+                Err(Status::invalid_argument("a pipeline request carries a call or a query")),
+            ),
         };
+        let code = outcome.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.0.shared.metrics.observe_grpc(method, code, started.elapsed());
         pb::PipelineReply {
             id: request.id,
             outcome: Some(outcome.unwrap_or_else(|status| {
