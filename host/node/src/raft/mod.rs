@@ -3,6 +3,7 @@
 
 mod ack_gate;
 mod faults;
+mod inline;
 mod log_store;
 mod network;
 mod state_machine;

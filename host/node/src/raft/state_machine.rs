@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -13,19 +13,12 @@ use tracing::{info_span, warn};
 use wasmraft_runtime::Runtime;
 use wasmraft_store::Store;
 
+use super::inline::Inline;
 use crate::security::PluginTrust;
 use crate::sm::{Machine, Shared};
 use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, Snapshots};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::util::{blocking, io_err, lock};
-
-/// An apply call of one plugin call runs right on the async worker while such calls stay this
-/// quick (wall time: it decides where calls run, never what they do)...
-const INLINE_APPLY_WITHIN: Duration = Duration::from_millis(1);
-/// ...but for this many slower ones (a plugin's cold first call, a rare stall)...
-const SLOW_INLINE_APPLIES: u32 = 3;
-/// ...none of which took this long.
-const INLINE_APPLY_CEILING: Duration = Duration::from_millis(10);
 
 /// openraft's state machine.
 pub struct StateMachine {
@@ -33,10 +26,8 @@ pub struct StateMachine {
     id: u64,
     core: Machine,
     snapshots: Arc<Snapshots>,
-    /// Lone plugin calls still apply on the async worker: see [`INLINE_APPLY_WITHIN`].
-    inline_applies: bool,
-    /// Inline apply calls so far that took over [`INLINE_APPLY_WITHIN`].
-    slow_inline_applies: u32,
+    /// Whether a lone plugin call applies on the async worker.
+    inline: Inline,
 }
 
 impl StateMachine {
@@ -57,8 +48,7 @@ impl StateMachine {
             id,
             core,
             snapshots,
-            inline_applies: true,
-            slow_inline_applies: 0,
+            inline: Inline::new(),
         })
     }
 
@@ -99,28 +89,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             first = first.0.log_id.index,
             last = last.0.log_id.index,
         );
-        // Plugin calls are synchronous CPU work: keep them off the async workers' queue. Except
-        // a lone plugin call (a quiet cluster, one client): handing the worker's queue to another
-        // thread (`block_in_place`) costs more than the call, about a fifth of a lone write's
-        // CPU. The first such call that takes long (a plugin that burns its fuel, a RocksDB write
-        // stall) stalls this worker once; from then on this node's apply calls all leave it
-        // (a few calls a little over the mark are tolerated: the first call is slower).
-        let replies = if self.inline_applies && Machine::quick_to_apply(&batch) {
+        // Plugin calls are synchronous CPU work: keep them off the async workers' queue, except
+        // a lone plugin call while such calls stay quick (`inline`): a quiet cluster, one client.
+        let replies = if Machine::quick_to_apply(&batch) && self.inline.allows(Instant::now()) {
             let started = Instant::now();
             let replies = span.in_scope(|| self.core.apply_entries(batch))?;
             let took = started.elapsed();
-            if took > INLINE_APPLY_WITHIN {
-                self.slow_inline_applies += 1;
-                if self.slow_inline_applies > SLOW_INLINE_APPLIES || took > INLINE_APPLY_CEILING {
-                    self.inline_applies = false;
-                    warn!(
-                        node = self.id,
-                        ?took,
-                        slow = self.slow_inline_applies,
-                        "plugin calls take too long to apply on an async worker: \
-                         apply calls run off the async workers from now on"
-                    );
-                }
+            if let Some(how_long) = self.inline.took(took, Instant::now()) {
+                warn!(
+                    node = self.id,
+                    ?took,
+                    "plugin calls take too long to apply on an async worker: they run off the \
+                     async workers {how_long}"
+                );
             }
             replies
         } else {
