@@ -275,7 +275,6 @@ impl Machine {
         self.results_digest = digest::chain_result(&self.results_digest, index, result);
     }
 
-    /// Applies entries in order; returns one result per command entry, with its responder.
     /// Whether `entries` is one plugin call and no periodic work (a session sweep) comes with
     /// it: short work, unless the plugin burns its fuel (not an activation, which compiles).
     pub(crate) fn quick_to_apply(entries: &[EntryResponder<TypeConfig>]) -> bool {
@@ -288,6 +287,7 @@ impl Machine {
         }
     }
 
+    /// Applies entries in order; returns one result per command entry, with its responder.
     pub(crate) fn apply_entries(&mut self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<Replies> {
         self.shared.metrics.observe_apply_batch(entries.len());
         let mut replies = Vec::new();

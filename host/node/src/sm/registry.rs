@@ -303,11 +303,10 @@ impl Shared {
         request: &[u8],
         fuel: u64,
     ) -> Option<Result<Result<Vec<u8>, PluginError>, RuntimeError>> {
-        let view = {
+        let (instance, view) = {
             let _between_applies = self.flush_lock.try_read().ok()?;
-            Arc::new(self.store.view())
+            (plugin.idle_query_instance()?, Arc::new(self.store.view()))
         };
-        let instance = plugin.idle_query_instance()?;
         Some(plugin.run_query(instance, view, request, fuel))
     }
 
