@@ -492,7 +492,7 @@ impl ApiService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?,
         };
-        let applied_index = self.0.shared.state_digest().0;
+        let applied_index = self.0.shared.applied_index();
         let answer = answer.map_err(|e| Status::internal(format!("plugin {name}: {e}")))?;
         let result = answer.map_err(|e| Status::failed_precondition(format!("plugin {name}: {e}")))?;
         Ok(pb::QueryResponse {

@@ -100,7 +100,9 @@ impl NodeInner {
 
     /// The current leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        // Borrowed, not cloned: a read asks this of every request.
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader?;
         let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))

@@ -125,7 +125,7 @@ impl NodeInner {
     pub fn shadow_status(&self, name: &str) -> pb::ShadowStatusResponse {
         pb::ShadowStatusResponse {
             node: self.id,
-            applied_index: self.shared.state_digest().0,
+            applied_index: self.shared.applied_index(),
             shadow: self.shared.shadow(name).map(|s| s.record()),
         }
     }

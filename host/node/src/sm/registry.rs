@@ -275,6 +275,11 @@ impl Shared {
         lock(&self.digest).clone()
     }
 
+    /// The index the stored state has applied (what [`Shared::state_digest`] digests).
+    pub fn applied_index(&self) -> u64 {
+        lock(&self.digest).0
+    }
+
     /// The state digest at each recent checkpoint index this node applied, oldest first.
     pub fn checkpoints(&self) -> Vec<(u64, String)> {
         lock(&self.checkpoints).iter().cloned().collect()
