@@ -11,6 +11,9 @@ macro_rules! say {
     }};
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod certs;
 mod chaos;
