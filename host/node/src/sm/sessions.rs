@@ -51,17 +51,16 @@ fn rejected(message: String) -> pb::CommandResult {
 
 impl Machine {
     /// The record of `client`: written by this process (not flushed yet, perhaps), or stored.
-    fn session(&mut self, client: &str) -> io::Result<Option<pb::SessionRecord>> {
-        if let Some(record) = self.sessions.get(client) {
-            return Ok(record.clone());
+    fn session(&mut self, client: &str) -> io::Result<Option<&pb::SessionRecord>> {
+        if !self.sessions.contains_key(client) {
+            let stored = self.shared.store.blob_get(&key(client)).map_err(io_err)?;
+            let record = match stored {
+                Some(bytes) => Some(pb::SessionRecord::decode(bytes.as_slice()).map_err(io_err)?),
+                None => None,
+            };
+            self.sessions.insert(client.to_string(), record);
         }
-        let stored = self.shared.store.blob_get(&key(client)).map_err(io_err)?;
-        let record = match stored {
-            Some(bytes) => Some(pb::SessionRecord::decode(bytes.as_slice()).map_err(io_err)?),
-            None => None,
-        };
-        self.sessions.insert(client.to_string(), record.clone());
-        Ok(record)
+        Ok(self.sessions.get(client).and_then(Option::as_ref))
     }
 
     /// Whether a call with `session` is new, or answered without being applied.
@@ -75,7 +74,7 @@ impl Machine {
             return Ok(Seen::Answered(rejected("session sequence numbers start at 1".into())));
         }
         Ok(match self.session(&session.client)? {
-            Some(record) if record.seq == session.seq => Seen::Answered(record.result.unwrap_or_default()),
+            Some(record) if record.seq == session.seq => Seen::Answered(record.result.clone().unwrap_or_default()),
             Some(record) if record.seq > session.seq => Seen::Answered(rejected(format!(
                 "session {:?}: call {} is older than its last applied call ({}); its result is no longer kept",
                 session.client, session.seq, record.seq
