@@ -58,7 +58,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "linearizable", value_parser = client::parse_consistency)]
     consistency: pb::Consistency,
     /// Also run the workload against the kv logic compiled natively into the node (activated as
-    /// `native-kv`), and print the WASM/native ratio. The nodes must be built with
+    /// `native-kv`), and print the WASM/native ratio. Each plugin runs two halves of the
+    /// workload, in the order plugin, native, native, plugin. The nodes must be built with
     /// `--features bench`.
     #[arg(long)]
     compare_native: bool,
@@ -82,6 +83,17 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Both runs, as one.
+    fn merge(mut self, other: Outcome) -> anyhow::Result<Outcome> {
+        self.ops += other.ops;
+        self.elapsed += other.elapsed;
+        self.latencies.add(other.latencies)?;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        Ok(self)
+    }
+
     fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
@@ -138,7 +150,13 @@ impl Lane {
     }
 }
 
-async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Result<Outcome> {
+async fn run_once(
+    args: &BenchArgs,
+    target: &Target,
+    plugin: &str,
+    total_ops: usize,
+    duration: Option<Duration>,
+) -> anyhow::Result<Outcome> {
     let value = "x".repeat(args.value_size);
     let mut connections = Vec::new();
     for _ in 0..args.clients.max(1) {
@@ -150,17 +168,17 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
     }
     // A lane is one request in flight: `pipeline` of them share each client's connection.
     let lanes = connections.len() * args.pipeline.max(1);
-    let per_lane = args.ops.div_ceil(lanes);
+    let per_lane = total_ops.div_ceil(lanes);
     let clients: Vec<_> = (0..lanes)
         .map(|lane| connections[lane % connections.len()].clone())
         .collect();
-    let progress = match args.duration {
+    let progress = match duration {
         Some(duration) => crate::progress::bar(duration.as_secs(), &format!("{plugin} (seconds)")),
-        None => crate::progress::bar(args.ops as u64, plugin),
+        None => crate::progress::bar(total_ops as u64, plugin),
     };
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let deadline = args.duration.map(|d| started + d);
+    let deadline = duration.map(|d| started + d);
     let mut tasks = Vec::new();
     for (c, mut api) in clients.into_iter().enumerate() {
         let plugin = plugin.to_string();
@@ -168,7 +186,7 @@ async fn run_once(args: &BenchArgs, target: &Target, plugin: &str) -> anyhow::Re
         let (keys, read_ratio, consistency) = (args.keys.max(1), args.read_ratio, args.consistency);
         let ops = match deadline {
             Some(_) => usize::MAX,
-            None => per_lane.min(args.ops.saturating_sub(c * per_lane)),
+            None => per_lane.min(total_ops.saturating_sub(c * per_lane)),
         };
         let done = done.clone();
         // Each client's writes are retry-safe: one session, its sequence numbers.
@@ -305,58 +323,124 @@ async fn usage(target: &Target) -> Usage {
     usage
 }
 
-/// What one operation cost between `before` and `after`.
-fn print_cost(before: &Usage, after: &Usage, ops: usize) {
-    let ops = ops.max(1) as f64;
-    let server: u64 = after
-        .server_cpu_micros
-        .iter()
-        .map(|(pid, cpu)| cpu.saturating_sub(before.server_cpu_micros.get(pid).copied().unwrap_or(*cpu)))
-        .sum();
-    let client = after.client_cpu_micros.saturating_sub(before.client_cpu_micros);
-    let mut line = format!(
-        "  cost per op: server CPU {:.0} us ({} node processes), client CPU {:.0} us",
-        server as f64 / ops,
-        after.server_cpu_micros.len(),
-        client as f64 / ops
-    );
-    let fsyncs = after.log_fsyncs.saturating_sub(before.log_fsyncs);
-    if fsyncs > 0 {
-        let appends = after.log_fsync_appends.saturating_sub(before.log_fsync_appends);
-        let entries = after.log_fsync_entries.saturating_sub(before.log_fsync_entries);
-        line += &format!(
-            "; {:.1} log appends ({:.1} entries) per fsync",
-            appends as f64 / fsyncs as f64,
-            entries as f64 / fsyncs as f64
+/// What a run cost the cluster and this client: the difference of two [`Usage`]s.
+#[derive(Default)]
+struct Cost {
+    server_cpu_micros: u64,
+    node_processes: usize,
+    client_cpu_micros: u64,
+    log_fsyncs: u64,
+    log_fsync_appends: u64,
+    log_fsync_entries: u64,
+    apply_calls: u64,
+    apply_entries: u64,
+    peer_appends: u64,
+    peer_append_entries: u64,
+    /// Each node process's resident memory at the start (if it was known then) and the end.
+    rss_bytes: BTreeMap<u32, (Option<u64>, u64)>,
+}
+
+impl Cost {
+    fn between(before: &Usage, after: &Usage) -> Cost {
+        Cost {
+            server_cpu_micros: after
+                .server_cpu_micros
+                .iter()
+                .map(|(pid, cpu)| cpu.saturating_sub(before.server_cpu_micros.get(pid).copied().unwrap_or(*cpu)))
+                .sum(),
+            node_processes: after.server_cpu_micros.len(),
+            client_cpu_micros: after.client_cpu_micros.saturating_sub(before.client_cpu_micros),
+            log_fsyncs: after.log_fsyncs.saturating_sub(before.log_fsyncs),
+            log_fsync_appends: after.log_fsync_appends.saturating_sub(before.log_fsync_appends),
+            log_fsync_entries: after.log_fsync_entries.saturating_sub(before.log_fsync_entries),
+            apply_calls: after.apply_calls.saturating_sub(before.apply_calls),
+            apply_entries: after.apply_entries.saturating_sub(before.apply_entries),
+            peer_appends: after.peer_appends.saturating_sub(before.peer_appends),
+            peer_append_entries: after.peer_append_entries.saturating_sub(before.peer_append_entries),
+            rss_bytes: after
+                .server_rss_bytes
+                .iter()
+                .map(|(pid, end)| (*pid, (before.server_rss_bytes.get(pid).copied(), *end)))
+                .collect(),
+        }
+    }
+
+    /// Both runs' costs, `self` first.
+    fn merge(mut self, later: Cost) -> Cost {
+        self.server_cpu_micros += later.server_cpu_micros;
+        self.node_processes = self.node_processes.max(later.node_processes);
+        self.client_cpu_micros += later.client_cpu_micros;
+        self.log_fsyncs += later.log_fsyncs;
+        self.log_fsync_appends += later.log_fsync_appends;
+        self.log_fsync_entries += later.log_fsync_entries;
+        self.apply_calls += later.apply_calls;
+        self.apply_entries += later.apply_entries;
+        self.peer_appends += later.peer_appends;
+        self.peer_append_entries += later.peer_append_entries;
+        for (pid, (start, end)) in later.rss_bytes {
+            let rss = self.rss_bytes.entry(pid).or_insert((start, end));
+            rss.1 = end;
+        }
+        self
+    }
+
+    /// What one of `ops` operations cost.
+    fn print(&self, ops: usize) {
+        let ops = ops.max(1) as f64;
+        let mut line = format!(
+            "  cost per op: server CPU {:.0} us ({} node processes), client CPU {:.0} us",
+            self.server_cpu_micros as f64 / ops,
+            self.node_processes,
+            self.client_cpu_micros as f64 / ops
         );
+        if self.log_fsyncs > 0 {
+            line += &format!(
+                "; {:.1} log appends ({:.1} entries) per fsync",
+                self.log_fsync_appends as f64 / self.log_fsyncs as f64,
+                self.log_fsync_entries as f64 / self.log_fsyncs as f64
+            );
+        }
+        if self.apply_calls > 0 {
+            line += &format!(
+                "; {:.1} entries per plugin apply call",
+                self.apply_entries as f64 / self.apply_calls as f64
+            );
+        }
+        if self.peer_appends > 0 {
+            line += &format!(
+                "; {:.2} peer append messages per op ({:.1} entries each)",
+                self.peer_appends as f64 / ops,
+                self.peer_append_entries as f64 / self.peer_appends as f64
+            );
+        }
+        println!("{line}");
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        let rss: Vec<String> = self
+            .rss_bytes
+            .values()
+            .map(|(start, end)| match start {
+                Some(start) => format!("{:.0} -> {:.0} MiB", mib(*start), mib(*end)),
+                None => format!("{:.0} MiB", mib(*end)),
+            })
+            .collect();
+        if !rss.is_empty() {
+            println!("  node process RSS, start -> end: {}", rss.join(", "));
+        }
     }
-    let calls = after.apply_calls.saturating_sub(before.apply_calls);
-    if calls > 0 {
-        let entries = after.apply_entries.saturating_sub(before.apply_entries);
-        line += &format!("; {:.1} entries per plugin apply call", entries as f64 / calls as f64);
-    }
-    let appends = after.peer_appends.saturating_sub(before.peer_appends);
-    if appends > 0 {
-        let entries = after.peer_append_entries.saturating_sub(before.peer_append_entries);
-        line += &format!(
-            "; {:.2} peer append messages per op ({:.1} entries each)",
-            appends as f64 / ops,
-            entries as f64 / appends as f64
-        );
-    }
-    println!("{line}");
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    let rss: Vec<String> = after
-        .server_rss_bytes
-        .iter()
-        .map(|(pid, end)| match before.server_rss_bytes.get(pid) {
-            Some(start) => format!("{:.0} -> {:.0} MiB", mib(*start), mib(*end)),
-            None => format!("{:.0} MiB", mib(*end)),
-        })
-        .collect();
-    if !rss.is_empty() {
-        println!("  node process RSS, start -> end: {}", rss.join(", "));
-    }
+}
+
+/// One run of the workload against `plugin`, with what it cost.
+async fn measure(
+    args: &BenchArgs,
+    target: &Target,
+    plugin: &str,
+    ops: usize,
+    duration: Option<Duration>,
+) -> anyhow::Result<(Outcome, Cost)> {
+    let before = usage(target).await;
+    let outcome = run_once(args, target, plugin, ops, duration).await?;
+    let after = usage(target).await;
+    Ok((outcome, Cost::between(&before, &after)))
 }
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -399,27 +483,47 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
         "{:<12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "plugin", "ops", "ops/s", "p50 ms", "p99 ms", "p999 ms", "errors"
     );
-    let before = usage(&target).await;
-    let wasm = run_once(&args, &target, &args.plugin).await?;
-    let after = usage(&target).await;
-    print_row(&args.plugin, &wasm);
-    print_cost(&before, &after, wasm.ops);
-    if args.compare_native {
-        let before = usage(&target).await;
-        let native = run_once(&args, &target, "native-kv").await?;
-        let after = usage(&target).await;
-        print_row("native-kv", &native);
-        print_cost(&before, &after, native.ops);
+    let (wasm, native) = if args.compare_native {
+        // Halves in the order kv, native, native, kv: a drift over the row (compactions after a
+        // write row, a growing store) weighs on both plugins alike.
+        let (ops, duration) = (args.ops.div_ceil(2), args.duration.map(|d| d / 2));
+        let first = measure(&args, &target, &args.plugin, ops, duration).await?;
+        let native_first = measure(&args, &target, "native-kv", ops, duration).await?;
+        let native_second = measure(&args, &target, "native-kv", ops, duration).await?;
+        let second = measure(&args, &target, &args.plugin, ops, duration).await?;
+        let wasm = (first.0.merge(second.0)?, first.1.merge(second.1));
+        let native = (
+            native_first.0.merge(native_second.0)?,
+            native_first.1.merge(native_second.1),
+        );
+        (wasm, Some(native))
+    } else {
+        (
+            measure(&args, &target, &args.plugin, args.ops, args.duration).await?,
+            None,
+        )
+    };
+    print_row(&args.plugin, &wasm.0);
+    wasm.1.print(wasm.0.ops);
+    if let Some((native, cost)) = &native {
+        print_row("native-kv", native);
+        cost.print(native.ops);
         println!(
             "{} / native-kv: {:.2}x ops/s, p50 {:.2}x",
             args.plugin,
-            wasm.ops_per_sec() / native.ops_per_sec(),
-            wasm.percentile(0.5) / native.percentile(0.5).max(f64::MIN_POSITIVE)
+            wasm.0.ops_per_sec() / native.ops_per_sec(),
+            wasm.0.percentile(0.5) / native.percentile(0.5).max(f64::MIN_POSITIVE)
         );
     }
-    if !wasm.errors.is_empty() {
-        let by_code: Vec<String> = wasm.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
-        eprintln!("warning: operations failed, by status code: {}", by_code.join(", "));
+    let runs = std::iter::once((args.plugin.as_str(), &wasm.0)).chain(native.iter().map(|n| ("native-kv", &n.0)));
+    for (plugin, outcome) in runs {
+        if !outcome.errors.is_empty() {
+            let by_code: Vec<String> = outcome.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+            eprintln!(
+                "warning: {plugin}: operations failed, by status code: {}",
+                by_code.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
