@@ -205,13 +205,24 @@ async fn run(args: ChaosArgs, network: Network) -> anyhow::Result<ExitCode> {
         args.duration_per_schedule,
         dir.display()
     );
-    run.start_cluster().await?;
+    if let Err(e) = run.start_cluster().await {
+        run.procs.stop_all();
+        keep_logs(temp);
+        return Err(e);
+    }
 
     let (mut schedules, mut checked, mut unknown, mut violations) = (0, 0, 0, 0);
     for i in 0..args.schedules {
         let schedule_seed = seed + i;
         let started = Instant::now();
-        let outcome = run.schedule(&args, schedule_seed).await?;
+        let outcome = match run.schedule(&args, schedule_seed).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                run.procs.stop_all();
+                keep_logs(temp);
+                return Err(e.context(format!("schedule {} (seed {schedule_seed})", i + 1)));
+            }
+        };
         schedules += 1;
         checked += outcome.checked;
         unknown += outcome.unknown;
@@ -243,10 +254,8 @@ async fn run(args: ChaosArgs, network: Network) -> anyhow::Result<ExitCode> {
         eprintln!("seen: {}", seen.join(", "));
     }
     eprintln!("operations of unknown outcome (open to the end of their history): {unknown}");
-    if violations > 0
-        && let Some(temp) = temp
-    {
-        eprintln!("node logs kept in {}", temp.keep().display());
+    if violations > 0 {
+        keep_logs(temp);
     }
     println!("schedules: {schedules}, ops checked: {checked}, faults: {total}, violations: {violations}");
     Ok(if violations > 0 {
@@ -254,6 +263,13 @@ async fn run(args: ChaosArgs, network: Network) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A run that failed keeps its nodes' data and logs (a passing run's temp dir is deleted).
+fn keep_logs(temp: Option<tempfile::TempDir>) {
+    if let Some(temp) = temp {
+        eprintln!("node logs kept in {}", temp.keep().display());
+    }
 }
 
 /// A port free on every node's address (the host's network is shared with others).
