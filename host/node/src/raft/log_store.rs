@@ -105,7 +105,6 @@ impl Recent {
 pub struct LogStore {
     store: Store,
     recent: Arc<Mutex<Recent>>,
-    /// Appends waiting for the sync thread; `None` once dropping.
     /// Appends waiting for the sync thread, with their entry counts; `None` once dropping.
     syncer: Option<mpsc::Sender<(IOFlushed<TypeConfig>, u64)>>,
     sync_thread: Option<std::thread::JoinHandle<()>>,
