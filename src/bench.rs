@@ -286,6 +286,12 @@ struct Usage {
     /// Resident memory of each node process.
     server_rss_bytes: BTreeMap<u32, u64>,
     client_cpu_micros: u64,
+    counters: Counters,
+}
+
+/// The nodes' own counters of what their log, apply path and replication did.
+#[derive(Default)]
+struct Counters {
     log_fsyncs: u64,
     log_fsync_appends: u64,
     log_fsync_entries: u64,
@@ -293,6 +299,31 @@ struct Usage {
     apply_entries: u64,
     peer_appends: u64,
     peer_append_entries: u64,
+}
+
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.log_fsyncs += other.log_fsyncs;
+        self.log_fsync_appends += other.log_fsync_appends;
+        self.log_fsync_entries += other.log_fsync_entries;
+        self.apply_calls += other.apply_calls;
+        self.apply_entries += other.apply_entries;
+        self.peer_appends += other.peer_appends;
+        self.peer_append_entries += other.peer_append_entries;
+    }
+
+    /// What was counted since `before`.
+    fn since(&self, before: &Counters) -> Counters {
+        Counters {
+            log_fsyncs: self.log_fsyncs.saturating_sub(before.log_fsyncs),
+            log_fsync_appends: self.log_fsync_appends.saturating_sub(before.log_fsync_appends),
+            log_fsync_entries: self.log_fsync_entries.saturating_sub(before.log_fsync_entries),
+            apply_calls: self.apply_calls.saturating_sub(before.apply_calls),
+            apply_entries: self.apply_entries.saturating_sub(before.apply_entries),
+            peer_appends: self.peer_appends.saturating_sub(before.peer_appends),
+            peer_append_entries: self.peer_append_entries.saturating_sub(before.peer_append_entries),
+        }
+    }
 }
 
 /// Every member's usage, as each reports it (members that do not answer are left out).
@@ -311,13 +342,15 @@ async fn usage(target: &Target) -> Usage {
         if let Some(u) = member.status.and_then(|s| s.usage) {
             usage.server_cpu_micros.insert(u.pid, u.cpu_micros);
             usage.server_rss_bytes.insert(u.pid, u.rss_bytes);
-            usage.log_fsyncs += u.log_fsyncs;
-            usage.log_fsync_appends += u.log_fsync_appends;
-            usage.log_fsync_entries += u.log_fsync_entries;
-            usage.apply_calls += u.apply_calls;
-            usage.apply_entries += u.apply_entries;
-            usage.peer_appends += u.peer_appends;
-            usage.peer_append_entries += u.peer_append_entries;
+            usage.counters.add(&Counters {
+                log_fsyncs: u.log_fsyncs,
+                log_fsync_appends: u.log_fsync_appends,
+                log_fsync_entries: u.log_fsync_entries,
+                apply_calls: u.apply_calls,
+                apply_entries: u.apply_entries,
+                peer_appends: u.peer_appends,
+                peer_append_entries: u.peer_append_entries,
+            });
         }
     }
     usage
@@ -329,13 +362,7 @@ struct Cost {
     server_cpu_micros: u64,
     node_processes: usize,
     client_cpu_micros: u64,
-    log_fsyncs: u64,
-    log_fsync_appends: u64,
-    log_fsync_entries: u64,
-    apply_calls: u64,
-    apply_entries: u64,
-    peer_appends: u64,
-    peer_append_entries: u64,
+    counters: Counters,
     /// Each node process's resident memory at the start (if it was known then) and the end.
     rss_bytes: BTreeMap<u32, (Option<u64>, u64)>,
 }
@@ -350,13 +377,7 @@ impl Cost {
                 .sum(),
             node_processes: after.server_cpu_micros.len(),
             client_cpu_micros: after.client_cpu_micros.saturating_sub(before.client_cpu_micros),
-            log_fsyncs: after.log_fsyncs.saturating_sub(before.log_fsyncs),
-            log_fsync_appends: after.log_fsync_appends.saturating_sub(before.log_fsync_appends),
-            log_fsync_entries: after.log_fsync_entries.saturating_sub(before.log_fsync_entries),
-            apply_calls: after.apply_calls.saturating_sub(before.apply_calls),
-            apply_entries: after.apply_entries.saturating_sub(before.apply_entries),
-            peer_appends: after.peer_appends.saturating_sub(before.peer_appends),
-            peer_append_entries: after.peer_append_entries.saturating_sub(before.peer_append_entries),
+            counters: after.counters.since(&before.counters),
             rss_bytes: after
                 .server_rss_bytes
                 .iter()
@@ -370,13 +391,7 @@ impl Cost {
         self.server_cpu_micros += later.server_cpu_micros;
         self.node_processes = self.node_processes.max(later.node_processes);
         self.client_cpu_micros += later.client_cpu_micros;
-        self.log_fsyncs += later.log_fsyncs;
-        self.log_fsync_appends += later.log_fsync_appends;
-        self.log_fsync_entries += later.log_fsync_entries;
-        self.apply_calls += later.apply_calls;
-        self.apply_entries += later.apply_entries;
-        self.peer_appends += later.peer_appends;
-        self.peer_append_entries += later.peer_append_entries;
+        self.counters.add(&later.counters);
         for (pid, (start, end)) in later.rss_bytes {
             let rss = self.rss_bytes.entry(pid).or_insert((start, end));
             rss.1 = end;
@@ -387,30 +402,31 @@ impl Cost {
     /// What one of `ops` operations cost.
     fn print(&self, ops: usize) {
         let ops = ops.max(1) as f64;
+        let c = &self.counters;
         let mut line = format!(
             "  cost per op: server CPU {:.0} us ({} node processes), client CPU {:.0} us",
             self.server_cpu_micros as f64 / ops,
             self.node_processes,
             self.client_cpu_micros as f64 / ops
         );
-        if self.log_fsyncs > 0 {
+        if c.log_fsyncs > 0 {
             line += &format!(
                 "; {:.1} log appends ({:.1} entries) per fsync",
-                self.log_fsync_appends as f64 / self.log_fsyncs as f64,
-                self.log_fsync_entries as f64 / self.log_fsyncs as f64
+                c.log_fsync_appends as f64 / c.log_fsyncs as f64,
+                c.log_fsync_entries as f64 / c.log_fsyncs as f64
             );
         }
-        if self.apply_calls > 0 {
+        if c.apply_calls > 0 {
             line += &format!(
                 "; {:.1} entries per plugin apply call",
-                self.apply_entries as f64 / self.apply_calls as f64
+                c.apply_entries as f64 / c.apply_calls as f64
             );
         }
-        if self.peer_appends > 0 {
+        if c.peer_appends > 0 {
             line += &format!(
                 "; {:.2} peer append messages per op ({:.1} entries each)",
-                self.peer_appends as f64 / ops,
-                self.peer_append_entries as f64 / self.peer_appends as f64
+                c.peer_appends as f64 / ops,
+                c.peer_append_entries as f64 / c.peer_appends as f64
             );
         }
         println!("{line}");
