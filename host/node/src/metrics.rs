@@ -78,6 +78,8 @@ pub struct Scraped {
     /// Background compiles by component sha256: compiling, ready or failed.
     pub compiles: Vec<pb::CompileState>,
     pub store: Vec<FamilySize>,
+    /// Bytes in RocksDB's block cache (one for every family).
+    pub block_cache_bytes: u64,
 }
 
 /// One node's metrics.
@@ -562,6 +564,12 @@ impl Collector for ScrapeTime {
             }),
         )?;
 
+        one(
+            e,
+            "rocksdb_block_cache_bytes",
+            "Bytes in RocksDB's block cache, which every column family shares",
+            ConstGauge::new(now.block_cache_bytes),
+        )?;
         for (name, help, value) in [
             (
                 "rocksdb_sst_bytes",
@@ -572,6 +580,11 @@ impl Collector for ScrapeTime {
                 "rocksdb_memtable_bytes",
                 "Size of RocksDB's memtables, by column family",
                 |f| f.memtable_bytes,
+            ),
+            (
+                "rocksdb_table_readers_bytes",
+                "Memory of RocksDB's open SST files (index and filter blocks) held outside the block cache, by column family",
+                |f| f.table_readers_bytes,
             ),
             (
                 "rocksdb_pending_compaction_bytes",

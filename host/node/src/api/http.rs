@@ -128,6 +128,7 @@ impl NodeInner {
                 debug!("metrics: store sizes: {e}");
                 Vec::new()
             }),
+            block_cache_bytes: self.shared.store.block_cache_bytes(),
         };
         self.shared.metrics.encode(now)
     }
