@@ -62,6 +62,17 @@ fn payload(n: u64) -> &'static [u8] {
     &payloads()[(n % KEY_SPACE) as usize]
 }
 
+/// The get queries, one per key of the put commands.
+fn get_query(n: u64) -> &'static [u8] {
+    static QUERIES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let queries = QUERIES.get_or_init(|| {
+        (0..KEY_SPACE)
+            .map(|n| format!(r#"{{"op":"get","key":"key-{n:012}"}}"#).into_bytes())
+            .collect()
+    });
+    &queries[(n % KEY_SPACE) as usize]
+}
+
 fn batch(start: u64, size: usize) -> Vec<Entry> {
     (0..size as u64)
         .map(|i| Entry {
@@ -175,6 +186,51 @@ fn ratio_summary() {
     }
 }
 
+/// Gets of existing keys (one query call each) for WASM and native in alternating rounds, their
+/// ratio, and the fuel one get takes (the least budget it succeeds with).
+fn query_summary() {
+    const ROUND: Duration = Duration::from_millis(500);
+    const ROUNDS: usize = 4;
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let code = runtime.load(&kv_wasm()).unwrap();
+    let mut plugin = wasm_plugin(&code);
+    let mut host = TestHost::<kv_core::KvPlugin>::new();
+    run_wasm(&mut plugin, &mut 0, KEY_SPACE as usize);
+    run_native(&mut host, &mut 0, KEY_SPACE as usize);
+    let (mut wasm_n, mut wasm_t, mut native_n, mut native_t) = (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        while start.elapsed() < ROUND {
+            for _ in 0..100 {
+                plugin.query(get_query(wasm_n)).unwrap().unwrap();
+                wasm_n += 1;
+            }
+        }
+        wasm_t += start.elapsed();
+        let start = Instant::now();
+        while start.elapsed() < ROUND {
+            for _ in 0..100 {
+                host.query(get_query(native_n)).unwrap();
+                native_n += 1;
+            }
+        }
+        native_t += start.elapsed();
+    }
+    let (mut enough, mut short) = (10_000_000u64, 0u64);
+    while enough - short > 1 {
+        let mid = short + (enough - short) / 2;
+        match plugin.query_with_fuel(get_query(7), mid).unwrap() {
+            Ok(_) => enough = mid,
+            Err(_) => short = mid,
+        }
+    }
+    let wasm = wasm_n as f64 / wasm_t.as_secs_f64();
+    let native = native_n as f64 / native_t.as_secs_f64();
+    println!("\nkv plugin, gets of existing keys (queries/s, same run):");
+    println!("{:>14} {:>14} {:>12} {:>10}", "wasm", "native", "wasm/native", "fuel/get");
+    println!("{wasm:>14.0} {native:>14.0} {:>11.2}x {enough:>10}", wasm / native);
+}
+
 /// Every kv implementation (Rust, Python, JavaScript, C, plus any component named in
 /// `WASMRAFT_BENCH_COMPONENTS`, comma-separated paths) in alternating rounds: size, compile time,
 /// entries/s at batch 16, and the ratio to the Rust component.
@@ -241,6 +297,7 @@ criterion_group!(benches, apply, load);
 fn main() {
     benches();
     ratio_summary();
+    query_summary();
     language_summary();
     Criterion::default().configure_from_args().final_summary();
 }
