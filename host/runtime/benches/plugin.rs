@@ -3,8 +3,8 @@
 //! `cargo bench -p wasmraft-runtime`. Entries are puts with 16-byte keys and 100-byte values. The
 //! native side is the same `plugins/kv` crate driven by `wasmraft_guest::testing` (in-memory kv,
 //! per-entry overlay and commit, as the runtime does with its `MemoryBackend`). After criterion's
-//! figures, a summary prints entries/s and the WASM/native ratio per batch size, measured in the
-//! same run so machine noise cancels.
+//! figures, summaries print entries/s and the WASM/native ratio per batch size, and queries/s,
+//! the ratio and the fuel of one get, measured in the same run so machine noise cancels.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
