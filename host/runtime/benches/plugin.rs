@@ -227,7 +227,10 @@ fn query_summary() {
     let wasm = wasm_n as f64 / wasm_t.as_secs_f64();
     let native = native_n as f64 / native_t.as_secs_f64();
     println!("\nkv plugin, gets of existing keys (queries/s, same run):");
-    println!("{:>14} {:>14} {:>12} {:>10}", "wasm", "native", "wasm/native", "fuel/get");
+    println!(
+        "{:>14} {:>14} {:>12} {:>10}",
+        "wasm", "native", "wasm/native", "fuel/get"
+    );
     println!("{wasm:>14.0} {native:>14.0} {:>11.2}x {enough:>10}", wasm / native);
 }
 
