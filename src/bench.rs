@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// `--ops` says. For soak runs (the node's RSS is printed at the start and the end).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Every this long (e.g. `1m`), print the ops/s since the previous line and each node
+    /// process's RSS: shows whether a soak's memory levels off.
+    #[arg(long, value_parser = parse_duration)]
+    sample_every: Option<Duration>,
     /// Bytes per value written.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -102,6 +106,21 @@ impl Outcome {
     fn percentile(&self, q: f64) -> f64 {
         self.latencies.value_at_quantile(q) as f64 / 1000.0
     }
+}
+
+/// One `--sample-every` line: `ops` done over the last `every`, and each node process's RSS.
+fn sample_line(at: Duration, ops: u64, every: Duration, rss: &BTreeMap<u32, u64>) -> String {
+    let rss: Vec<String> = rss.values().map(|bytes| format!("{} MiB", bytes >> 20)).collect();
+    let rss = match rss.is_empty() {
+        true => "not reported".to_string(),
+        false => rss.join(", "),
+    };
+    format!(
+        "  at {}s: {:.0} ops/s over the last {}s, node process RSS {rss}",
+        at.as_secs(),
+        ops as f64 / every.as_secs_f64(),
+        every.as_secs()
+    )
 }
 
 /// A latency histogram in microseconds, 1 µs to 1 h at 3 significant digits.
@@ -246,6 +265,20 @@ async fn run_once(
             }
         })
     };
+    let sampler = args.sample_every.filter(|every| !every.is_zero()).map(|every| {
+        let (progress, done, target) = (progress.clone(), done.clone(), target.clone());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut before = 0;
+            loop {
+                interval.tick().await;
+                let now = done.load(Ordering::Relaxed);
+                let rss = usage(&target).await.server_rss_bytes;
+                progress.suspend(|| println!("{}", sample_line(started.elapsed(), now - before, every, &rss)));
+                before = now;
+            }
+        })
+    });
     let mut latencies = histogram();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for task in tasks {
@@ -257,6 +290,9 @@ async fn run_once(
     }
     let elapsed = started.elapsed();
     ticker.abort();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     progress.finish_and_clear();
     Ok(Outcome {
         ops: latencies.len() as usize,

@@ -555,6 +555,32 @@ async fn deploying_an_invalid_component_is_refused_before_it_reaches_the_log() {
     assert_eq!(active_plugins(&cluster).await, ["kv"]);
 }
 
+/// A soak shows its memory as it goes: `--sample-every` prints the ops/s since the previous
+/// sample and the node process's RSS, once per interval until the run ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_bench_samples_throughput_and_node_memory_while_it_runs() {
+    let cluster = Cluster::start_with_kv(1).await;
+    let out = cluster
+        .cli(&["bench", "--clients", "2", "--duration", "3s", "--sample-every", "1s"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let samples: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("at ")).collect();
+    assert!(samples.len() >= 2, "{text}");
+    for sample in samples {
+        let (ops, rss) = sample
+            .split_once(" ops/s over the last 1s, node process RSS ")
+            .unwrap_or_else(|| panic!("{sample}"));
+        let ops: f64 = ops.rsplit(' ').next().unwrap().parse().unwrap();
+        let rss: u64 = rss
+            .strip_suffix(" MiB")
+            .unwrap_or_else(|| panic!("{sample}"))
+            .parse()
+            .unwrap();
+        assert!(ops > 0.0 && rss > 0, "{sample}");
+    }
+}
+
 /// The bench's native baseline is test code: a node built without `--features bench` does not
 /// link it, and refuses to activate it with a reason, before anything reaches the log.
 #[cfg(not(feature = "bench"))]
