@@ -80,10 +80,26 @@ enum BenchCommand {
 struct Outcome {
     ops: usize,
     /// Failed operations by status code.
-    errors: BTreeMap<String, u64>,
+    errors: Errors,
     elapsed: Duration,
     /// Latencies in microseconds.
     latencies: Histogram<u64>,
+}
+
+/// Failed operations of one status code, and one of their messages.
+struct Failed {
+    count: u64,
+    example: String,
+}
+
+/// Failed operations by status code.
+type Errors = BTreeMap<String, Failed>;
+
+fn add_failures(errors: &mut Errors, code: String, failed: Failed) {
+    errors
+        .entry(code)
+        .and_modify(|f| f.count += failed.count)
+        .or_insert(failed);
 }
 
 impl Outcome {
@@ -92,8 +108,8 @@ impl Outcome {
         self.ops += other.ops;
         self.elapsed += other.elapsed;
         self.latencies.add(other.latencies)?;
-        for (code, n) in other.errors {
-            *self.errors.entry(code).or_default() += n;
+        for (code, failed) in other.errors {
+            add_failures(&mut self.errors, code, failed);
         }
         Ok(self)
     }
@@ -214,7 +230,7 @@ async fn run_once(
             let mut seq = 0;
             let mut rng = SplitMix(c as u64 + 1);
             let mut latencies = histogram();
-            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut errors = Errors::new();
             for _ in 0..ops {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
@@ -247,7 +263,11 @@ async fn run_once(
                 latencies.saturating_record(t.elapsed().as_micros() as u64);
                 done.fetch_add(1, Ordering::Relaxed);
                 if let Err(status) = ok {
-                    *errors.entry(format!("{:?}", status.code())).or_default() += 1;
+                    let failed = Failed {
+                        count: 1,
+                        example: status.message().to_string(),
+                    };
+                    add_failures(&mut errors, format!("{:?}", status.code()), failed);
                 }
             }
             (latencies, errors)
@@ -280,12 +300,12 @@ async fn run_once(
         })
     });
     let mut latencies = histogram();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors = Errors::new();
     for task in tasks {
         let (l, e) = task.await?;
         latencies.add(l)?;
-        for (code, n) in e {
-            *errors.entry(code).or_default() += n;
+        for (code, failed) in e {
+            add_failures(&mut errors, code, failed);
         }
     }
     let elapsed = started.elapsed();
@@ -310,7 +330,7 @@ fn print_row(label: &str, o: &Outcome) {
         o.percentile(0.50),
         o.percentile(0.99),
         o.percentile(0.999),
-        o.errors.values().sum::<u64>()
+        o.errors.values().map(|f| f.count).sum::<u64>()
     );
 }
 
@@ -570,7 +590,11 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
     let runs = std::iter::once((args.plugin.as_str(), &wasm.0)).chain(native.iter().map(|n| ("native-kv", &n.0)));
     for (plugin, outcome) in runs {
         if !outcome.errors.is_empty() {
-            let by_code: Vec<String> = outcome.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+            let by_code: Vec<String> = outcome
+                .errors
+                .iter()
+                .map(|(code, f)| format!("{code} {} (e.g. {:?})", f.count, f.example))
+                .collect();
             eprintln!(
                 "warning: {plugin}: operations failed, by status code: {}",
                 by_code.join(", ")

@@ -2,6 +2,8 @@
 //! atomicity, batch independence, read-only queries, snapshot round trips, every hostile plugin
 //! contained, and clear errors for components that are not plugins.
 
+use std::time::{Duration, Instant};
+
 use wasmraft::plugins;
 use wasmraft_runtime::{
     Entry, EntryOutcome, InitContext, LimitExceeded, Limits, LoadError, MemoryBackend, Pair, Plugin, PluginCode,
@@ -275,6 +277,33 @@ fn results_and_state_do_not_depend_on_batching_even_with_fuel_exhaustion() {
             );
         }
     }
+}
+
+#[test]
+fn an_apply_cut_at_its_deadline_returns_the_entries_left_and_changes_no_outcome() {
+    let runtime = runtime();
+    let code = load(&runtime, plugins::HOSTILE_LOOP);
+    let log_text = mixed_log();
+    let log = entries(&log_text.iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = apply_in_batches(&code, &log, log.len());
+
+    let mut plugin = fresh(&code);
+    let (outcomes, rest) = plugin.apply_until(log.clone(), Some(Instant::now())).unwrap();
+    assert!(outcomes.is_empty(), "no entry starts after the deadline");
+    assert_eq!(rest, log, "every entry is left, in order");
+
+    // Each burner entry (fuel exhaustion, tens of milliseconds) runs past a 5 ms deadline.
+    let (mut outcomes, mut rest, mut cuts) = (Vec::new(), log, 0);
+    while !rest.is_empty() {
+        let (applied, left) = plugin
+            .apply_until(rest, Some(Instant::now() + Duration::from_millis(5)))
+            .unwrap();
+        cuts += usize::from(!left.is_empty());
+        outcomes.extend(applied);
+        rest = left;
+    }
+    assert!(cuts >= 2, "the burners cut the log ({cuts} cuts)");
+    assert_eq!((results(&outcomes), pairs(&plugin)), whole);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A running plugin: one instance over one kv backend, and the semantics of every export call.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::{Store, Trap};
 
@@ -10,7 +11,7 @@ use crate::entry::{Entry, EntryOutcome};
 use crate::error::{HostAbort, PluginError, RuntimeError};
 use crate::host::entries::{check_output, record};
 use crate::host::wasi::DeterministicWasi;
-use crate::host::{HostState, Mode};
+use crate::host::{ApplyState, HostState, Mode};
 use crate::limits::{LimitExceeded, snapshot_bound};
 use crate::runtime::{PluginCode, store_with};
 
@@ -128,12 +129,23 @@ impl Plugin {
     /// Each entry is atomic and metered alone, so the outcomes and the resulting kv state do not
     /// depend on how a log is cut into `apply` calls.
     pub fn apply(&mut self, entries: Vec<Entry>) -> Result<Vec<EntryOutcome>, RuntimeError> {
-        {
-            let apply = &mut self.store.data_mut().apply;
-            apply.queue = entries.into();
-            apply.current = None;
-            apply.outcomes.clear();
-        }
+        self.apply_until(entries, None).map(|(outcomes, _)| outcomes)
+    }
+
+    /// [`Plugin::apply`], but no entry starts after `until`: returns the outcomes of the entries
+    /// applied and the entries left, in order, for a later call. An entry that started runs to
+    /// its end (its fuel bounds it), and where the log is cut changes no outcome: wall time
+    /// decides only when entries apply, never what they do.
+    pub fn apply_until(
+        &mut self,
+        entries: Vec<Entry>,
+        until: Option<Instant>,
+    ) -> Result<(Vec<EntryOutcome>, Vec<Entry>), RuntimeError> {
+        self.store.data_mut().apply = ApplyState {
+            queue: entries.into(),
+            until,
+            ..ApplyState::default()
+        };
         let fuel = self.store.data().limits.fuel_per_entry;
         while !self.store.data().apply.queue.is_empty() {
             let remaining = self.store.data().apply.queue.len();
@@ -148,6 +160,9 @@ impl Plugin {
                     state.apply = Default::default();
                     return Err(fault);
                 }
+                // Cut short: whatever the guest did after `next` said there was no entry, it
+                // would have done at the end of any call.
+                Ok(_) if state.apply.cut && state.apply.current.is_none() => break,
                 Ok(Ok(())) => {
                     if let Some(index) = state.apply.current.take() {
                         let error = PluginError::Protocol(format!("apply returned before finishing entry {index}"));
@@ -174,7 +189,8 @@ impl Plugin {
                 }
             }
         }
-        Ok(std::mem::take(&mut self.store.data_mut().apply.outcomes))
+        let apply = std::mem::take(&mut self.store.data_mut().apply);
+        Ok((apply.outcomes, apply.queue.into()))
     }
 
     /// Answers a read-only query. A write attempt fails the query with [`PluginError::ReadOnly`].

@@ -18,7 +18,7 @@ use crate::security::PluginTrust;
 use crate::sm::{Machine, Shared};
 use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, Snapshots};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::util::{blocking, io_err, lock};
+use crate::util::{blocking, io_err, lock, thread_cpu_time};
 
 /// openraft's state machine.
 pub struct StateMachine {
@@ -90,22 +90,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = last.0.log_id.index,
         );
         // Plugin calls are synchronous CPU work: keep them off the async workers' queue, except
-        // a lone plugin call while such calls stay quick (`inline`): a quiet cluster, one client.
-        let replies = if Machine::quick_to_apply(&batch) && self.inline.allows(Instant::now()) {
-            let started = Instant::now();
-            let replies = span.in_scope(|| self.core.apply_entries(batch))?;
-            let took = started.elapsed();
-            if let Some(how_long) = self.inline.took(took, Instant::now()) {
+        // a short batch of plugin calls while such batches stay quick (`inline`).
+        let entries = batch.len();
+        let quick = Machine::quick_to_apply(&batch);
+        let until = if quick {
+            self.inline.until(entries, Instant::now())
+        } else {
+            None
+        };
+        // Judged by this thread's CPU time: a worker preempted on a busy machine is not slow work.
+        let cpu = thread_cpu_time();
+        let replies = if until.is_some() {
+            let replies = span.in_scope(|| self.core.apply_entries(batch, until))?;
+            let cpu = thread_cpu_time().saturating_sub(cpu);
+            if let Some(how_long) = self.inline.took_on_worker(cpu, entries, Instant::now()) {
                 warn!(
                     node = self.id,
-                    ?took,
+                    ?cpu,
                     "plugin calls take too long to apply on an async worker: they run off the \
                      async workers {how_long}"
                 );
             }
             replies
         } else {
-            blocking(|| span.in_scope(|| self.core.apply_entries(batch)))?
+            let replies = blocking(|| span.in_scope(|| self.core.apply_entries(batch, None)))?;
+            if quick {
+                self.inline
+                    .took_off_worker(thread_cpu_time().saturating_sub(cpu), entries);
+            }
+            replies
         };
         for (responder, result) in replies {
             responder.send(result);

@@ -4,9 +4,12 @@
 //! SDK's `NativeHost`: the baseline `wasmraft bench --compare-native` measures the WASM plugin
 //! against, over the same storage, log and network. A production node links neither.
 
+use std::time::Instant;
+
 use wasmraft_runtime::{Entry, EntryOutcome, InitContext, Plugin, PluginCode, PluginError, RuntimeError};
 
 use super::backend::BackendFactory;
+use crate::util::blocking;
 
 /// Activation hashes of built-ins start with this.
 pub const BUILTIN_PREFIX: &str = "builtin:";
@@ -69,6 +72,25 @@ impl Engine {
             #[cfg(feature = "bench-native")]
             Engine::Native(native) => native.apply(entries),
         }
+    }
+
+    /// Applies `entries` on the caller's thread; with `until` (an async worker's), those left
+    /// when it passes apply under [`blocking`], off the worker (`Plugin::apply_until`).
+    pub fn apply_within(
+        &mut self,
+        entries: Vec<Entry>,
+        until: Option<Instant>,
+    ) -> Result<Vec<EntryOutcome>, RuntimeError> {
+        let (mut outcomes, rest) = match self {
+            Engine::Wasm(plugin) => plugin.apply_until(entries, until)?,
+            // Trusted code, as quick as the plugin it stands for.
+            #[cfg(feature = "bench-native")]
+            Engine::Native(native) => (native.apply(entries)?, Vec::new()),
+        };
+        if !rest.is_empty() {
+            outcomes.extend(blocking(|| self.apply(rest))?);
+        }
+        Ok(outcomes)
     }
 
     /// A query with at most `fuel` (a built-in has no fuel: it always answers).

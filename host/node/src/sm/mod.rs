@@ -275,20 +275,23 @@ impl Machine {
         self.results_digest = digest::chain_result(&self.results_digest, index, result);
     }
 
-    /// Whether `entries` is one plugin call and no periodic work (a session sweep) comes with
-    /// it: short work, unless the plugin burns its fuel (not an activation, which compiles).
+    /// Whether `entries` are all plugin calls and no periodic work (a session sweep) comes with
+    /// them: short work each, unless the plugin burns its fuel (not an activation, which compiles).
     pub(crate) fn quick_to_apply(entries: &[EntryResponder<TypeConfig>]) -> bool {
-        match entries {
-            [(entry, _)] => {
-                !entry.log_id.index.is_multiple_of(sessions::SWEEP_EVERY)
-                    && matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.kind, Some(command::Kind::Call(_))))
-            }
-            _ => false,
-        }
+        !entries.is_empty() && entries.iter().all(|(entry, _)| {
+            !entry.log_id.index.is_multiple_of(sessions::SWEEP_EVERY)
+                && matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.kind, Some(command::Kind::Call(_))))
+        })
     }
 
     /// Applies entries in order; returns one result per command entry, with its responder.
-    pub(crate) fn apply_entries(&mut self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<Replies> {
+    /// With `until`, this runs on an async worker: no plugin entry starts on it after then, those
+    /// left apply off the worker (`Engine::apply_within`).
+    pub(crate) fn apply_entries(
+        &mut self,
+        entries: Vec<EntryResponder<TypeConfig>>,
+        until: Option<Instant>,
+    ) -> io::Result<Replies> {
         self.shared.metrics.observe_apply_batch(entries.len());
         let mut replies = Vec::new();
         let mut registry_changed = false;
@@ -388,7 +391,7 @@ impl Machine {
                                             responder,
                                         ));
                                     }
-                                    let results = self.apply_calls(&plugin, batch)?;
+                                    let results = self.apply_calls(&plugin, batch, until)?;
                                     for ((_, result, _), session) in results.iter().zip(&sessions) {
                                         if let Some((session, at)) = session {
                                             self.remember(session, *at, result);
@@ -451,6 +454,7 @@ impl Machine {
         &mut self,
         plugin: &ActivePlugin,
         batch: Vec<(PluginEntry, Option<openraft::storage::ApplyResponder<TypeConfig>>)>,
+        until: Option<Instant>,
     ) -> io::Result<
         Vec<(
             u64,
@@ -462,7 +466,7 @@ impl Machine {
         let shadowed = self.shared.shadow(&plugin.info.name).is_some_and(|s| !s.stopped());
         let for_shadow = shadowed.then(|| entries.clone());
         let started = Instant::now();
-        let outcomes = lock(&plugin.apply).apply(entries).map_err(|e| {
+        let outcomes = lock(&plugin.apply).apply_within(entries, until).map_err(|e| {
             // A node fault (storage, engine): stop applying rather than record a result.
             io_err(format!("plugin {}: {e}", plugin.info.name))
         })?;
@@ -470,7 +474,7 @@ impl Machine {
             .metrics
             .count_apply(&plugin.info.name, started.elapsed(), &outcomes);
         if let Some(entries) = for_shadow {
-            self.shadows_changed |= self.shadow_calls(&plugin.info.name, entries, &outcomes)?;
+            self.shadows_changed |= self.shadow_calls(&plugin.info.name, entries, &outcomes, until)?;
         }
         // Test-only: a node whose plugin answers differently from its replicas' (as a
         // nondeterministic plugin would), which `cluster check` must catch.
@@ -559,13 +563,14 @@ mod tests {
     }
 
     #[test]
-    fn only_a_lone_plugin_call_without_a_session_sweep_is_quick_to_apply() {
+    fn only_plugin_calls_without_a_session_sweep_are_quick_to_apply() {
         assert!(Machine::quick_to_apply(&[call(7)]));
+        assert!(Machine::quick_to_apply(&[call(7), call(8)]), "a batch of calls");
         assert!(!Machine::quick_to_apply(&[]));
-        assert!(!Machine::quick_to_apply(&[call(7), call(8)]), "a batch");
-        assert!(!Machine::quick_to_apply(&[call(sessions::SWEEP_EVERY)]), "a sweep");
-        let activate = entry(7, command::Kind::Activate(pb::Activate::default()));
-        assert!(!Machine::quick_to_apply(&[activate]), "an activation compiles");
+        let sweep = sessions::SWEEP_EVERY;
+        assert!(!Machine::quick_to_apply(&[call(sweep - 1), call(sweep)]), "a sweep");
+        let activate = entry(8, command::Kind::Activate(pb::Activate::default()));
+        assert!(!Machine::quick_to_apply(&[call(7), activate]), "an activation compiles");
         let blank = (Entry::new_blank(LogId::new(1.into(), 7)), None);
         assert!(!Machine::quick_to_apply(&[blank]));
     }

@@ -15,6 +15,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tracing::{info, warn};
 use wasmraft_runtime::{Entry as PluginEntry, EntryOutcome, InitContext, KvBackend, PluginError};
@@ -217,6 +218,7 @@ impl Machine {
         name: &str,
         entries: Vec<PluginEntry>,
         active: &[EntryOutcome],
+        until: Option<Instant>,
     ) -> io::Result<bool> {
         let Some(shadow) = self.shared.shadow(name) else {
             return Ok(false);
@@ -227,7 +229,7 @@ impl Machine {
         let payloads: Vec<Vec<u8>> = entries.iter().map(|e| e.payload.clone()).collect();
         // A runtime error is a node fault (storage, engine), as on the active path.
         let outcomes = lock(&shadow.plugin.apply)
-            .apply(entries)
+            .apply_within(entries, until)
             .map_err(|e| io_err(format!("shadow {name}: {e}")))?;
         let mut record = lock(&shadow.record);
         for ((payload, a), c) in payloads.into_iter().zip(active).zip(&outcomes) {

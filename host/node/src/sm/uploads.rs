@@ -190,7 +190,7 @@ mod tests {
             log_id: LogId::new(1.into(), index),
             payload: EntryPayload::Normal(command),
         };
-        sm.apply_entries(vec![(entry, None)]).unwrap();
+        sm.apply_entries(vec![(entry, None)], None).unwrap();
     }
 
     fn stored(sm: &Machine, sha256: &str) -> bool {

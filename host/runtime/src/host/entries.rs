@@ -1,7 +1,10 @@
 //! `wasmraft:plugin/entries`: hands out the entries of an `apply` call one at a time and meters
-//! each one. Defined by hand (not through the generated trait) because it needs the store: every
-//! `next` resets the fuel to the per-entry budget, which is what makes fuel, failures and results
-//! independent of how entries are batched.
+//! each one (and none after the caller's deadline: `Plugin::apply_until`). Defined by hand (not
+//! through the generated trait) because it needs the store: every `next` resets the fuel to the
+//! per-entry budget, which is what makes fuel, failures and results independent of how entries
+//! are batched.
+
+use std::time::Instant;
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::Linker;
@@ -41,6 +44,12 @@ fn next(mut store: StoreContextMut<'_, HostState>) -> wasmtime::Result<Option<Wi
     if let Some(index) = state.apply.current.take() {
         let error = PluginError::Protocol(format!("entries.next called before entry {index} was finished"));
         record(state, index, fuel_left, Err(error))?;
+    }
+    if !state.apply.queue.is_empty() && state.apply.until.is_some_and(|until| Instant::now() >= until) {
+        // The caller's time is up: the call ends here, as at the end of the queue, and the
+        // entries left apply in a later call (outcomes do not depend on where calls are cut).
+        state.apply.cut = true;
+        return Ok(None);
     }
     let Some(entry) = state.apply.queue.pop_front() else {
         return Ok(None);

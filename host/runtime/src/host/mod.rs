@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 
@@ -53,6 +54,10 @@ pub(crate) struct ApplyState {
     /// The index of the entry handed out by `next` and not yet finished.
     pub(crate) current: Option<u64>,
     pub(crate) outcomes: Vec<EntryOutcome>,
+    /// `next` hands out no entry after this (`Plugin::apply_until`)...
+    pub(crate) until: Option<Instant>,
+    /// ...and says here that it cut the call short.
+    pub(crate) cut: bool,
 }
 
 /// Everything a plugin's store holds.
