@@ -51,9 +51,13 @@ pub fn free_port() -> u16 {
 }
 
 /// A base port for a 3-node `wasmraft dev` whose client, peer (base + 50) and HTTP (base + 100)
-/// ports are all free.
+/// ports are all free. Each call starts its search further on: tests running side by side in one
+/// process would otherwise all find the same free base before any of their clusters binds it
+/// (a cluster that then cannot bind never prints its banner).
 pub fn free_dev_base_port() -> u16 {
-    let start = std::process::id() % 600 * 10;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 600 + CALLS.fetch_add(1, Ordering::Relaxed) * 7) * 10;
     (0..600)
         .map(|i| 33_000 + ((start + i * 10) % 6000) as u16)
         .find(|base| {
