@@ -63,8 +63,8 @@ impl Inline {
         (entries <= MAX_ENTRIES && self.per_entry * entries as u32 <= BUDGET).then_some(now + SLOW)
     }
 
-    /// Records that a batch of `entries` took `took` off the worker.
-    pub(super) fn took_off_worker(&mut self, took: Duration, entries: usize) {
+    /// Records that a batch of `entries` took `took`, on the worker or off it: the time per entry.
+    pub(super) fn observe(&mut self, took: Duration, entries: usize) {
         let Some(entries) = u32::try_from(entries).ok().filter(|&n| n > 0) else {
             return;
         };
@@ -74,7 +74,7 @@ impl Inline {
     /// Records that a batch of `entries` took `took` on the worker, at `now`; says so when
     /// batches leave it.
     pub(super) fn took_on_worker(&mut self, took: Duration, entries: usize, now: Instant) -> Option<&'static str> {
-        self.took_off_worker(took, entries);
+        self.observe(took, entries);
         let Mode::On { slow, on_time } = self.mode else {
             return None;
         };
@@ -170,7 +170,7 @@ mod tests {
         );
         assert!(inline.until(MAX_ENTRIES + 1, t0).is_none());
         for _ in 0..100 {
-            inline.took_off_worker(Duration::from_micros(1_000), 10);
+            inline.observe(Duration::from_micros(1_000), 10);
         }
         assert!(inline.until(10, t0).is_some(), "10 entries at 100 us fit 1 ms");
         assert!(inline.until(11, t0).is_none());
@@ -179,7 +179,7 @@ mod tests {
         }
         assert!(inline.until(3, t0).is_some(), "slower entries now: 300 us each");
         assert!(inline.until(4, t0).is_none());
-        inline.took_off_worker(Duration::from_millis(5), 0);
+        inline.observe(Duration::from_millis(5), 0);
         assert!(inline.until(3, t0).is_some(), "an empty batch says nothing");
     }
 }

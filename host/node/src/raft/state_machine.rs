@@ -115,8 +115,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             let replies = blocking(|| span.in_scope(|| self.core.apply_entries(batch, None)))?;
             if quick {
-                self.inline
-                    .took_off_worker(thread_cpu_time().saturating_sub(cpu), entries);
+                self.inline.observe(thread_cpu_time().saturating_sub(cpu), entries);
             }
             replies
         };
