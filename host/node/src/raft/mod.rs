@@ -6,6 +6,7 @@ mod faults;
 mod inline;
 mod log_store;
 mod network;
+mod standing;
 mod state_machine;
 
 pub use faults::{Faults, LinkFault};

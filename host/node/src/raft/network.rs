@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ack_gate;
 use super::faults::Faults;
+use super::standing::{self, Standing};
 use crate::pb::{self, peer_client::PeerClient};
 use crate::security::TlsConfig;
 use crate::snapshot::{SnapshotFile, Snapshots};
@@ -204,6 +205,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             health: self.health.clone(),
             traffic: self.traffic.clone(),
             stream_failures: 0,
+            heartbeats: false,
+            standing: None,
+        }
+    }
+
+    /// The heartbeat worker's client: it sends every heartbeat on one standing stream.
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            heartbeats: true,
+            ..self.new_client(target, node).await
         }
     }
 }
@@ -223,6 +234,10 @@ pub struct PeerConnection {
     /// Replication streams that failed to open in a row: openraft reopens one at once, so we
     /// wait [`retry_delay`] first rather than spin on a peer that is down.
     stream_failures: u32,
+    /// Whether this is the heartbeat worker's client, which keeps a standing stream.
+    heartbeats: bool,
+    /// The heartbeat worker's standing append stream, between heartbeats.
+    standing: Option<Standing>,
 }
 
 /// The wait before the next attempt after `failures` in a row: 50 ms, doubling to at most 1 s.
@@ -239,6 +254,14 @@ fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// One reply of an append stream, as openraft takes it.
+fn append_result(item: Result<pb::AppendResponse, tonic::Status>) -> ack_gate::Reply {
+    match item {
+        Ok(resp) => stream_result_from_pb(resp).map_err(malformed),
+        Err(status) => Err(status_to_rpc(status)),
+    }
+}
+
 fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(msg.into()))
 }
@@ -251,6 +274,53 @@ impl PeerConnection {
     /// Whether the fault layer sends this RPC twice.
     fn duplicated(&self) -> bool {
         self.faults.get(self.target).duplicate
+    }
+
+    /// Opens an append stream with `open`, after a wait when the last ones failed to open.
+    async fn open_stream<T>(
+        &mut self,
+        open: impl Future<Output = Result<T, RPCError<TypeConfig>>>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        if self.stream_failures > 0 {
+            tokio::time::sleep(retry_delay(self.stream_failures)).await;
+        }
+        let opened = self.health.observe(self.target, open.await);
+        self.stream_failures = match opened {
+            Ok(_) => 0,
+            Err(_) => self.stream_failures.saturating_add(1),
+        };
+        opened
+    }
+
+    /// A heartbeat's `stream_append`: its requests and their replies on this client's standing
+    /// stream ([`standing`]), opened when there is none.
+    fn stream_heartbeat<'s, S>(
+        &'s mut self,
+        input: S,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, ack_gate::Reply>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        async move {
+            let standing = match self.standing.take() {
+                // A cut link fails new calls at once, as a new stream would.
+                Some(standing) if !self.faults.get(self.target).drop => standing,
+                _ => {
+                    let client = self.client().await;
+                    self.open_stream(async { Standing::open(client?).await.map_err(status_to_rpc) })
+                        .await?
+                }
+            };
+            let (requests, replies) = ack_gate::gate(input);
+            let (faults, target, traffic) = (self.faults.clone(), self.target, self.traffic.clone());
+            let copies = move |rpc: &AppendEntriesRequest<TypeConfig>| {
+                traffic.sent(rpc);
+                if faults.get(target).duplicate { 2 } else { 1 }
+            };
+            let call = standing::Call::new(requests, copies, standing, &mut self.standing);
+            Ok(replies.wrap(call.map(append_result)).boxed())
+        }
+        .boxed()
     }
 
     /// The client for one RPC, after the fault layer had its say.
@@ -316,19 +386,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     where
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
+        if self.heartbeats {
+            return self.stream_heartbeat(input);
+        }
         let span = info_span!("replicate", node = self.id, peer = self.target);
         async move {
-            if self.stream_failures > 0 {
-                tokio::time::sleep(retry_delay(self.stream_failures)).await;
-            }
             let (requests, replies) = ack_gate::gate(input);
             // A duplicating link sends each append twice and keeps the second reply: `copies`
             // holds, for each request sent, how many replies are still due for it.
             let copies: Arc<Mutex<VecDeque<usize>>> = Arc::default();
-            let opened = async {
-                let mut client = self.client().await?;
-                let (faults, target, sent) = (self.faults.clone(), self.target, copies.clone());
-                let traffic = self.traffic.clone();
+            let client = self.client().await;
+            let (faults, target, sent) = (self.faults.clone(), self.target, copies.clone());
+            let traffic = self.traffic.clone();
+            let opened = async move {
+                let mut client = client?;
                 let requests = requests.flat_map(move |rpc| {
                     traffic.sent(&rpc);
                     let n = if faults.get(target).duplicate { 2 } else { 1 };
@@ -336,18 +407,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     futures::stream::iter(std::iter::repeat_n(append_request_to_pb(&rpc), n))
                 });
                 client.stream_append(requests).await.map_err(status_to_rpc)
-            }
-            .await;
-            let responses = match self.health.observe(self.target, opened) {
-                Ok(responses) => {
-                    self.stream_failures = 0;
-                    responses.into_inner()
-                }
-                Err(e) => {
-                    self.stream_failures = self.stream_failures.saturating_add(1);
-                    return Err(e);
-                }
             };
+            let responses = self.open_stream(opened).await?.into_inner();
             let responses = responses.filter(move |item| {
                 let mut due = lock(&copies);
                 let last = match due.front_mut() {
@@ -362,11 +423,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 };
                 std::future::ready(item.is_err() || last)
             });
-            let results = responses.map(|item| match item {
-                Ok(resp) => stream_result_from_pb(resp).map_err(malformed),
-                Err(status) => Err(status_to_rpc(status)),
-            });
-            Ok(replies.wrap(results).boxed())
+            Ok(replies.wrap(responses.map(append_result)).boxed())
         }
         .instrument(span)
         .boxed()
