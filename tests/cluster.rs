@@ -240,6 +240,78 @@ async fn hostile_plugins_in_a_running_cluster_fail_alike_everywhere_and_harm_not
     }
 }
 
+/// A node whose batches on an async worker all reach their deadline before their first entry (a
+/// test-only failpoint) applies every one of them through the path of the entries a deadline
+/// leaves (`Engine::apply_within`: off the worker, after the cut): its state and results are its
+/// replicas', batch after batch, sequential writes (batches of one) and pipelined (many).
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_cut_at_their_deadline_apply_the_rest_off_the_worker_as_the_replicas_do() {
+    use pb::pipeline_request::Op;
+    let mut cluster = Cluster::spawn(3);
+    // Node 3, before the cluster forms: the failpoint, and its metrics served.
+    let metrics_port = common::free_port();
+    let node = cluster.node(3);
+    node.kill();
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    let config = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n{config}");
+    std::fs::write(&node.config, config).unwrap();
+    node.start_with_env(&[("WASMRAFT_FAILPOINT", "apply-deadline-passed")]);
+    let mut api = cluster.nodes[0].api().await;
+    api.init(pb::InitRequest::default()).await.unwrap();
+    cluster.leader().await;
+    cluster.deploy("kv", wasmraft::plugins::KV).await;
+
+    for i in 0..40 {
+        call(&mut api, "kv", &put(&format!("k{}", i % 7), &i.to_string()))
+            .await
+            .unwrap();
+    }
+    // Batches of many entries (each round arrives at once), rewriting the same few keys: an
+    // entry applied out of its place would change the state.
+    for round in 0..10 {
+        let requests = (0..20)
+            .map(|i| pb::PipelineRequest {
+                id: i,
+                op: Some(Op::Call(pb::CallRequest {
+                    plugin: "kv".into(),
+                    payload: put(&format!("p{}", i % 3), &format!("{round}.{i}")).into_bytes(),
+                    session: None,
+                })),
+            })
+            .collect();
+        let answers = pipelined(&mut api, requests).await;
+        assert!(
+            answers
+                .values()
+                .all(|a| matches!(a, pb::pipeline_reply::Outcome::Call(_))),
+            "{answers:?}"
+        );
+    }
+
+    let digests = cluster.converged().await;
+    assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
+    let metrics = scrape_metrics(metrics_port).await;
+    let cuts: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("wasmraft_apply_deadline_cuts_total "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no cut counter in:\n{metrics}"));
+    assert!(cuts >= 10.0, "node 3 cut {cuts} batches");
+}
+
+/// The `/metrics` text a node serves on `port`.
+async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 /// `cluster check` compares every member's state digest at the latest checkpoint they all kept:
 /// on a healthy cluster they agree; a node whose plugin answers differently from its replicas
 /// (a test-only failpoint, as a nondeterministic plugin would) is named, with the index.

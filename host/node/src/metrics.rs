@@ -115,6 +115,9 @@ pub struct Metrics {
     entries_applied: Family<PluginLabels, Counter>,
     /// Apply calls into a plugin (a run of entries to one plugin is one call), by plugin.
     apply_calls: Family<PluginLabels, Counter>,
+    /// Apply calls on an async worker that reached their deadline with entries left (those
+    /// applied off the worker).
+    apply_deadline_cuts: Counter,
     /// Entries a plugin failed, by plugin and kind.
     plugin_errors: Family<ErrorLabels, Counter>,
     /// gRPC requests served, by method and status code.
@@ -147,6 +150,7 @@ impl Default for Metrics {
             entry_fuel: Family::new_with_constructor(fuel_histogram),
             entries_applied: Family::default(),
             apply_calls: Family::default(),
+            apply_deadline_cuts: Counter::default(),
             plugin_errors: Family::default(),
             grpc_requests: Family::default(),
             grpc_seconds: Family::new_with_constructor(latency_histogram),
@@ -237,6 +241,11 @@ impl Metrics {
             self.apply_calls.clone(),
         );
         r.register(
+            "apply_deadline_cuts",
+            "Apply calls on an async worker that reached their deadline with entries left, which then applied off the workers",
+            self.apply_deadline_cuts.clone(),
+        );
+        r.register(
             "plugin_errors",
             "Entries a plugin failed, by plugin and kind (returned, panic, trap, fuel, limit, read_only, protocol)",
             self.plugin_errors.clone(),
@@ -283,7 +292,6 @@ impl Metrics {
         )
     }
 
-    /// Log fsyncs so far, and the appends they covered.
     /// Log fsyncs, and the appends and entries they covered.
     pub fn fsync_counts(&self) -> (u64, u64, u64) {
         (self.fsyncs.get(), self.fsync_appends.get(), self.fsync_entries.get())
@@ -317,6 +325,13 @@ impl Metrics {
             return;
         }
         self.apply_batch_entries.observe(entries as f64);
+    }
+
+    /// Counts an apply call on an async worker cut at its deadline.
+    pub fn count_deadline_cut(&self) {
+        if self.recording() {
+            self.apply_deadline_cuts.inc();
+        }
     }
 
     /// Counts one apply call of `plugin`, which took `took`, and its outcomes.

@@ -15,6 +15,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether the test-only failpoint `name` is armed: `WASMRAFT_FAILPOINT` names it (read once,
+/// when first asked: the hot paths that ask pay one load).
+pub(crate) fn failpoint_armed(name: &str) -> bool {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var("WASMRAFT_FAILPOINT").ok())
+        .as_deref()
+        == Some(name)
+}
+
 /// The CPU time this thread has used so far: unlike wall time, it leaves out the time the
 /// thread waited for a core (zero if the clock cannot be read).
 pub(crate) fn thread_cpu_time() -> Duration {

@@ -141,7 +141,7 @@ impl NodeInner {
         let (digest_index, mut state_digest) = self.shared.state_digest();
         // Test-only: report a digest that differs from the replicas' (tests of divergence
         // reporting arm it on one node).
-        if std::env::var("WASMRAFT_FAILPOINT").is_ok_and(|armed| armed == "status-digest-perturbed") {
+        if crate::util::failpoint_armed("status-digest-perturbed") {
             state_digest = format!("{:0>64}", "bad");
         }
         pb::ClusterStatusResponse {

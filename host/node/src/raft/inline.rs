@@ -71,10 +71,17 @@ impl Inline {
         self.per_entry = (self.per_entry * (WEIGHT - 1) + took / entries) / WEIGHT;
     }
 
-    /// Records that a batch of `entries` took `took` on the worker, at `now`; says so when
+    /// Records that a batch of `entries` started on the worker held it for `took` and took
+    /// `total` in all (entries left at its deadline ran off the worker), at `now`; says so when
     /// batches leave it.
-    pub(super) fn took_on_worker(&mut self, took: Duration, entries: usize, now: Instant) -> Option<&'static str> {
-        self.observe(took, entries);
+    pub(super) fn took_on_worker(
+        &mut self,
+        took: Duration,
+        total: Duration,
+        entries: usize,
+        now: Instant,
+    ) -> Option<&'static str> {
+        self.observe(total, entries);
         let Mode::On { slow, on_time } = self.mode else {
             return None;
         };
@@ -114,13 +121,19 @@ mod tests {
         let mut inline = Inline::new();
         assert!(inline.until(1, t0).is_some());
         for _ in 0..100 {
-            assert_eq!(inline.took_on_worker(Duration::from_micros(300), 1, t0), None);
+            assert_eq!(
+                inline.took_on_worker(Duration::from_micros(300), Duration::from_micros(300), 1, t0),
+                None
+            );
         }
         for _ in 0..SLOW_TOLERATED {
-            assert_eq!(inline.took_on_worker(Duration::from_millis(3), 8, t0), None);
+            assert_eq!(
+                inline.took_on_worker(Duration::from_millis(3), Duration::from_millis(3), 8, t0),
+                None
+            );
         }
         assert_eq!(
-            inline.took_on_worker(Duration::from_millis(3), 8, t0),
+            inline.took_on_worker(Duration::from_millis(3), Duration::from_millis(3), 8, t0),
             Some("for a minute")
         );
         assert!(inline.until(1, t0 + PAUSE / 2).is_none());
@@ -128,7 +141,7 @@ mod tests {
         assert_eq!(inline.mode, Mode::On { slow: 0, on_time: 0 });
 
         assert_eq!(
-            inline.took_on_worker(Duration::from_millis(11), 1, t0),
+            inline.took_on_worker(Duration::from_millis(11), Duration::from_millis(11), 1, t0),
             Some("for good")
         );
         assert!(inline.until(1, t0 + PAUSE * 100).is_none());
@@ -139,18 +152,24 @@ mod tests {
         let t0 = Instant::now();
         let mut inline = Inline::new();
         for _ in 0..SLOW_TOLERATED {
-            assert_eq!(inline.took_on_worker(Duration::from_millis(3), 8, t0), None);
+            assert_eq!(
+                inline.took_on_worker(Duration::from_millis(3), Duration::from_millis(3), 8, t0),
+                None
+            );
         }
         for _ in 0..FORGIVEN_AFTER {
-            assert_eq!(inline.took_on_worker(Duration::from_micros(300), 8, t0), None);
+            assert_eq!(
+                inline.took_on_worker(Duration::from_micros(300), Duration::from_micros(300), 8, t0),
+                None
+            );
         }
         assert_eq!(
-            inline.took_on_worker(Duration::from_millis(3), 8, t0),
+            inline.took_on_worker(Duration::from_millis(3), Duration::from_millis(3), 8, t0),
             None,
             "one was forgiven"
         );
         assert_eq!(
-            inline.took_on_worker(Duration::from_millis(3), 8, t0),
+            inline.took_on_worker(Duration::from_millis(3), Duration::from_millis(3), 8, t0),
             Some("for a minute")
         );
     }
@@ -175,11 +194,27 @@ mod tests {
         assert!(inline.until(10, t0).is_some(), "10 entries at 100 us fit 1 ms");
         assert!(inline.until(11, t0).is_none());
         for _ in 0..100 {
-            assert_eq!(inline.took_on_worker(Duration::from_micros(600), 2, t0), None);
+            assert_eq!(
+                inline.took_on_worker(Duration::from_micros(600), Duration::from_micros(600), 2, t0),
+                None
+            );
         }
         assert!(inline.until(3, t0).is_some(), "slower entries now: 300 us each");
         assert!(inline.until(4, t0).is_none());
         inline.observe(Duration::from_millis(5), 0);
         assert!(inline.until(3, t0).is_some(), "an empty batch says nothing");
+    }
+
+    #[test]
+    fn a_batch_cut_at_its_deadline_is_judged_by_its_time_on_the_worker_and_estimated_by_all_of_it() {
+        let t0 = Instant::now();
+        let mut inline = Inline::new();
+        // Its entries left at the deadline took 50 ms off the worker: it held the worker 1 ms.
+        for _ in 0..10 {
+            let (on_worker, total) = (Duration::from_millis(1), Duration::from_millis(50));
+            assert_eq!(inline.took_on_worker(on_worker, total, 10, t0), None);
+        }
+        assert_eq!(inline.mode, Mode::On { slow: 0, on_time: 10 });
+        assert!(inline.until(1, t0).is_none(), "5 ms per entry now: none fits 1 ms");
     }
 }

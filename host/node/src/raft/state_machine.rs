@@ -18,7 +18,7 @@ use crate::security::PluginTrust;
 use crate::sm::{Machine, Shared};
 use crate::snapshot::{self, BuildJob, Phase, SnapshotFile, SnapshotSettings, Snapshots};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::util::{blocking, io_err, lock, thread_cpu_time};
+use crate::util::{blocking, failpoint_armed, io_err, lock, thread_cpu_time};
 
 /// openraft's state machine.
 pub struct StateMachine {
@@ -93,8 +93,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // a short batch of plugin calls while such batches stay quick (`inline`).
         let entries = batch.len();
         let quick = Machine::quick_to_apply(&batch);
+        let now = Instant::now();
         let until = if quick {
-            self.inline.until(entries, Instant::now())
+            // Test-only: every batch on the worker is cut before its first entry, so all of it
+            // takes the path of the entries left at a deadline.
+            let passed = failpoint_armed("apply-deadline-passed");
+            self.inline
+                .until(entries, now)
+                .map(|until| if passed { now } else { until })
         } else {
             None
         };
@@ -103,7 +109,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let replies = if until.is_some() {
             let replies = span.in_scope(|| self.core.apply_entries(batch, until))?;
             let cpu = thread_cpu_time().saturating_sub(cpu);
-            if let Some(how_long) = self.inline.took_on_worker(cpu, entries, Instant::now()) {
+            // Entries left at the deadline applied off the worker: they did not hold it.
+            let on_worker = cpu.saturating_sub(self.core.take_off_worker_cpu());
+            if let Some(how_long) = self.inline.took_on_worker(on_worker, cpu, entries, Instant::now()) {
                 warn!(
                     node = self.id,
                     ?cpu,

@@ -4,12 +4,12 @@
 //! SDK's `NativeHost`: the baseline `wasmraft bench --compare-native` measures the WASM plugin
 //! against, over the same storage, log and network. A production node links neither.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmraft_runtime::{Entry, EntryOutcome, InitContext, Plugin, PluginCode, PluginError, RuntimeError};
 
 use super::backend::BackendFactory;
-use crate::util::blocking;
+use crate::util::{blocking, thread_cpu_time};
 
 /// Activation hashes of built-ins start with this.
 pub const BUILTIN_PREFIX: &str = "builtin:";
@@ -75,22 +75,25 @@ impl Engine {
     }
 
     /// Applies `entries` on the caller's thread; with `until` (an async worker's), those left
-    /// when it passes apply under [`blocking`], off the worker (`Plugin::apply_until`).
+    /// when it passes apply under [`blocking`], off the worker (`Plugin::apply_until`). When the
+    /// call was cut so, also says how much CPU time the entries left took, off the worker.
     pub fn apply_within(
         &mut self,
         entries: Vec<Entry>,
         until: Option<Instant>,
-    ) -> Result<Vec<EntryOutcome>, RuntimeError> {
+    ) -> Result<(Vec<EntryOutcome>, Option<Duration>), RuntimeError> {
         let (mut outcomes, rest) = match self {
             Engine::Wasm(plugin) => plugin.apply_until(entries, until)?,
             // Trusted code, as quick as the plugin it stands for.
             #[cfg(feature = "bench-native")]
             Engine::Native(native) => (native.apply(entries)?, Vec::new()),
         };
-        if !rest.is_empty() {
-            outcomes.extend(blocking(|| self.apply(rest))?);
+        if rest.is_empty() {
+            return Ok((outcomes, None));
         }
-        Ok(outcomes)
+        let cpu = thread_cpu_time();
+        outcomes.extend(blocking(|| self.apply(rest))?);
+        Ok((outcomes, Some(thread_cpu_time().saturating_sub(cpu))))
     }
 
     /// A query with at most `fuel` (a built-in has no fuel: it always answers).

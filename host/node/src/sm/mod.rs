@@ -19,7 +19,7 @@ mod uploads;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
@@ -68,6 +68,9 @@ pub struct Machine {
     sessions: HashMap<String, Option<pb::SessionRecord>>,
     /// A shadow's record changed since the last flush (it is stored with the registry).
     shadows_changed: bool,
+    /// CPU time of the entries that apply calls on an async worker left at their deadline and
+    /// applied off it, since [`Machine::take_off_worker_cpu`].
+    off_worker_cpu: Duration,
 }
 
 fn rejected(message: impl Into<String>) -> pb::CommandResult {
@@ -137,6 +140,7 @@ impl Machine {
             results_digest,
             sessions: HashMap::new(),
             shadows_changed: false,
+            off_worker_cpu: Duration::ZERO,
         };
         sm.load_registry()?;
         sm.drop_unused_spaces()?;
@@ -282,6 +286,12 @@ impl Machine {
             !entry.log_id.index.is_multiple_of(sessions::SWEEP_EVERY)
                 && matches!(&entry.payload, EntryPayload::Normal(c) if matches!(c.kind, Some(command::Kind::Call(_))))
         })
+    }
+
+    /// The CPU time entries left at a deadline took off the async worker since the last call
+    /// (the rest of an apply call's time ran on the worker).
+    pub(crate) fn take_off_worker_cpu(&mut self) -> Duration {
+        std::mem::take(&mut self.off_worker_cpu)
     }
 
     /// Applies entries in order; returns one result per command entry, with its responder.
@@ -466,10 +476,14 @@ impl Machine {
         let shadowed = self.shared.shadow(&plugin.info.name).is_some_and(|s| !s.stopped());
         let for_shadow = shadowed.then(|| entries.clone());
         let started = Instant::now();
-        let outcomes = lock(&plugin.apply).apply_within(entries, until).map_err(|e| {
+        let (outcomes, off_worker) = lock(&plugin.apply).apply_within(entries, until).map_err(|e| {
             // A node fault (storage, engine): stop applying rather than record a result.
             io_err(format!("plugin {}: {e}", plugin.info.name))
         })?;
+        if let Some(cpu) = off_worker {
+            self.off_worker_cpu += cpu;
+            self.shared.metrics.count_deadline_cut();
+        }
         self.shared
             .metrics
             .count_apply(&plugin.info.name, started.elapsed(), &outcomes);
@@ -478,7 +492,7 @@ impl Machine {
         }
         // Test-only: a node whose plugin answers differently from its replicas' (as a
         // nondeterministic plugin would), which `cluster check` must catch.
-        let perturbed = std::env::var("WASMRAFT_FAILPOINT").is_ok_and(|armed| armed == "apply-result-perturbed");
+        let perturbed = crate::util::failpoint_armed("apply-result-perturbed");
         Ok(outcomes
             .into_iter()
             .zip(responders)

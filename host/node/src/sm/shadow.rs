@@ -228,9 +228,10 @@ impl Machine {
         }
         let payloads: Vec<Vec<u8>> = entries.iter().map(|e| e.payload.clone()).collect();
         // A runtime error is a node fault (storage, engine), as on the active path.
-        let outcomes = lock(&shadow.plugin.apply)
+        let (outcomes, off_worker) = lock(&shadow.plugin.apply)
             .apply_within(entries, until)
             .map_err(|e| io_err(format!("shadow {name}: {e}")))?;
+        self.off_worker_cpu += off_worker.unwrap_or_default();
         let mut record = lock(&shadow.record);
         for ((payload, a), c) in payloads.into_iter().zip(active).zip(&outcomes) {
             if let Err(e) = &c.result

@@ -286,7 +286,7 @@ pub(crate) fn phase_stats(raw_bytes: u64, file_bytes: u64, started: Instant) -> 
 /// Aborts the process at a named point when `WASMRAFT_FAILPOINT` names it: how the crash tests
 /// stop a node exactly there (an abort, like a power cut for the process: nothing is cleaned up).
 pub(crate) fn failpoint(name: &str) {
-    if std::env::var("WASMRAFT_FAILPOINT").is_ok_and(|armed| armed == name) {
+    if crate::util::failpoint_armed(name) {
         eprintln!("wasmraft: failpoint {name}: aborting");
         std::process::abort();
     }
