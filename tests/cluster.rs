@@ -54,6 +54,51 @@ async fn a_write_sent_to_a_follower_is_forwarded_to_the_leader() {
     assert_eq!(value, r#"{"value":"yes"}"#);
 }
 
+/// Writes sent to a follower share its one forwarding stream to the leader: many in flight at
+/// once, each answered with its own entry; and a leader without that stream (an older version,
+/// here a failpoint on every node) still takes them, one `Forward` call each.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_writes_in_flight_through_a_follower_each_get_their_own_entry_even_from_an_older_leader() {
+    use pb::pipeline_request::Op;
+    for env in [&[][..], &[("WASMRAFT_FAILPOINT", "forward-stream-unimplemented")][..]] {
+        let cluster = Cluster::spawn_with_env(3, "", env);
+        let mut api = cluster.nodes[0].api().await;
+        api.init(pb::InitRequest::default()).await.unwrap();
+        let leader = cluster.leader().await;
+        cluster.deploy("kv", wasmraft::plugins::KV).await;
+        let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+        let mut api = follower.api().await;
+        let requests = (0..200)
+            .map(|i| pb::PipelineRequest {
+                id: i,
+                op: Some(Op::Call(pb::CallRequest {
+                    plugin: "kv".into(),
+                    payload: put(&format!("f{i}"), &i.to_string()).into_bytes(),
+                    session: None,
+                })),
+            })
+            .collect();
+        let answers = pipelined(&mut api, requests).await;
+        let mut indexes: Vec<u64> = answers
+            .iter()
+            .map(|(id, answer)| match answer {
+                pb::pipeline_reply::Outcome::Call(call) => {
+                    assert_eq!(call.result, br#"{"previous":null}"#, "write {id}");
+                    call.index
+                }
+                other => panic!("write {id} ({env:?}): {other:?}"),
+            })
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        assert_eq!(indexes.len(), 200, "each write is its own entry ({env:?})");
+        let value = query(&mut api, "kv", &get("f199"), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(value, r#"{"value":"199"}"#);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start_with_kv(3).await;

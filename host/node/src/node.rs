@@ -213,6 +213,7 @@ impl Node {
             test_read_skips_read_index: config.test_read_skips_read_index,
             read_rounds,
             lease_rounds,
+            forwarding: std::sync::Mutex::new(None),
         });
         let metrics = match config.metrics_listen {
             Some(addr) => {

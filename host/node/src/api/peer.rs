@@ -1,16 +1,19 @@
 //! The `Peer` gRPC service (Raft between nodes): thin handlers that decode, call openraft or the
 //! node, and encode. Snapshot receiving itself lives in `snapshot::receive`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesResponse, StreamAppendError, TransferLeaderRequest};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, warn};
 
 use super::{BoxStream, bad, raft_err};
-use crate::cluster::{NodeInner, PREPARE_TIMEOUT};
+use crate::cluster::{NodeInner, PREPARE_TIMEOUT, forward};
 use crate::pb;
 use crate::snapshot;
 use crate::wire::{
@@ -224,6 +227,26 @@ impl pb::peer_server::Peer for PeerService {
         Ok(resp)
     }
 
+    type ForwardStreamStream = BoxStream<pb::ForwardAnswer>;
+
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<pb::ForwardItem>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        // Test-only: a leader of a version without this stream.
+        if crate::util::failpoint_armed("forward-stream-unimplemented") {
+            return Err(Status::unimplemented("ForwardStream (failpoint)"));
+        }
+        let forwarding = Forwarding {
+            node: self.0.clone(),
+            input: req.into_inner(),
+            running: FuturesUnordered::new(),
+            open: true,
+        };
+        let answers = futures::stream::unfold(Some(forwarding), Forwarding::next_answer);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn prepare(&self, req: Request<pb::PrepareRequest>) -> Result<Response<pb::PrepareResponse>, Status> {
         let req = req.into_inner();
         let answer = self.0.prepare(&req.sha256, req.index, PREPARE_TIMEOUT).await;
@@ -234,5 +257,51 @@ impl pb::peer_server::Peer for PeerService {
         let consistency = req.get_ref().consistency();
         let read_log_id = self.0.read_index(consistency).await?;
         Ok(Response::new(pb::ReadIndexResponse { read_log_id }))
+    }
+}
+
+/// The most forwarded writes one stream runs at a time; more wait in the stream.
+const FORWARDS_IN_FLIGHT: usize = 1024;
+
+/// A follower's `ForwardStream` on the leader: each command proposed as it comes and answered by
+/// id once applied. The answer stream drives it on the connection's own task, as the client
+/// API's `Pipeline`. When the follower's side ends, the commands running still finish and are
+/// answered; a broken stream drops them (each was proposed: it still applies).
+struct Forwarding {
+    node: Arc<NodeInner>,
+    input: Streaming<pb::ForwardItem>,
+    running: FuturesUnordered<Pin<Box<dyn Future<Output = pb::ForwardAnswer> + Send>>>,
+    /// Whether the follower may still send commands.
+    open: bool,
+}
+
+impl Forwarding {
+    /// The next answer, and the stream's state after it (`None`: nothing follows).
+    async fn next_answer(forwarding: Option<Self>) -> Option<(Result<pb::ForwardAnswer, Status>, Option<Self>)> {
+        let mut forwarding = forwarding?;
+        loop {
+            tokio::select! {
+                item = forwarding.input.message(),
+                    if forwarding.open && forwarding.running.len() < FORWARDS_IN_FLIGHT => match item
+                {
+                    Ok(Some(item)) => {
+                        let node = forwarding.node.clone();
+                        forwarding.running.push(Box::pin(async move {
+                            let outcome = match item.command {
+                                Some(command) => node.propose_local(command).await,
+                                None => Err(Status::invalid_argument("forward without a command")),
+                            };
+                            forward::answer(item.id, outcome)
+                        }));
+                    }
+                    Ok(None) => forwarding.open = false,
+                    Err(status) => return Some((Err(status), None)),
+                },
+                Some(answer) = forwarding.running.next(), if !forwarding.running.is_empty() => {
+                    return Some((Ok(answer), Some(forwarding)));
+                }
+                else => return None,
+            }
+        }
     }
 }

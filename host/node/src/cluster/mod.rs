@@ -5,6 +5,7 @@
 
 mod admin;
 mod deploy;
+pub(crate) mod forward;
 mod overview;
 mod read;
 mod write;
@@ -53,6 +54,8 @@ pub struct NodeInner {
     pub(crate) read_rounds: Arc<read::ReadRounds>,
     /// Lease reads share lease checks the same way.
     pub(crate) lease_rounds: Arc<read::ReadRounds>,
+    /// Where this node forwards its clients' writes: its stream to the leader, once opened.
+    pub(crate) forwarding: std::sync::Mutex<Option<Arc<forward::ForwardLink>>>,
 }
 
 /// See [`NodeInner::peer_deadline`].

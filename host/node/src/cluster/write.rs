@@ -6,15 +6,19 @@
 //! acknowledgement yet), the write goes to the (new) leader, for up to [`LEADER_WAIT`]. A write
 //! that may have reached a log is never sent again: its outcome is reported as unknown.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::Either;
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use tonic::Status;
 
+use super::forward::{self, ForwardLink};
 use super::{LEADER_WAIT, NodeInner};
 use crate::pb::{self, peer_client::PeerClient};
+use crate::util::lock;
 
 /// Marks a status whose command reached no log: the sender may send it again.
 const NOT_PROPOSED: &str = "wasmraft-not-proposed";
@@ -23,7 +27,7 @@ const NOT_PROPOSED: &str = "wasmraft-not-proposed";
 /// again (metrics changing, e.g. a new leader or its first quorum acknowledgement, end it early).
 const RETRY_WAIT: Duration = Duration::from_millis(50);
 
-fn not_proposed(message: impl Into<String>) -> Status {
+pub(super) fn not_proposed(message: impl Into<String>) -> Status {
     let mut status = Status::unavailable(message);
     status.metadata_mut().insert(NOT_PROPOSED, "1".parse().expect("ascii"));
     status
@@ -41,7 +45,7 @@ fn unknown_outcome(why: String) -> Status {
 }
 
 /// Whether `status` says its command reached no log.
-fn was_not_proposed(status: &Status) -> bool {
+pub(super) fn was_not_proposed(status: &Status) -> bool {
     status.metadata().contains_key(NOT_PROPOSED)
 }
 
@@ -68,34 +72,32 @@ impl NodeInner {
         }
     }
 
-    /// Hands `command` to the leader `leader` at `addr`. If leadership moves while the leader has
-    /// it (the leader was cut off), or the leader does not answer within [`FORWARD_CAP`], the
-    /// write may sit in its log: the outcome is unknown.
+    /// Hands `command` to the leader `leader` at `addr`, on this node's forwarding stream to it
+    /// (`forward.rs`). If leadership moves while the leader has it (the leader was cut off), the
+    /// stream breaks under it, or the leader does not answer within [`FORWARD_CAP`], the write may
+    /// sit in its log: the outcome is unknown.
     async fn forward(&self, leader: u64, addr: &str, command: pb::Command) -> Result<(u64, pb::CommandResult), Status> {
-        let mut channel = self
-            .network
-            .channel(leader, addr)
-            .map_err(|e| not_proposed(e.to_string()))?;
-        // Connected first: a leader that cannot be reached never saw the write.
-        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx))
-            .await
-            .map_err(|e| not_proposed(format!("cannot reach the leader (node {leader}): {e}")))?;
+        let link = self.forward_link(leader, addr).await?;
         let term = self.raft.metrics().borrow_watched().current_term;
-        let mut client = PeerClient::new(channel).max_encoding_message_size(usize::MAX);
-        let sent = client.forward(pb::ForwardRequest { command: Some(command) });
-        tokio::pin!(sent);
+        let answered = match link {
+            Some(link) => {
+                let answered = link.send(command)?;
+                Either::Left(async move {
+                    match answered.await {
+                        Ok(answer) => forward::outcome(answer),
+                        Err(_) => Err(unknown_outcome(format!(
+                            "the connection to the leader (node {leader}) broke while it had the write"
+                        ))),
+                    }
+                })
+            }
+            None => Either::Right(self.forward_one(leader, addr, command)),
+        };
+        tokio::pin!(answered);
         let started = Instant::now();
-        let resp = loop {
+        loop {
             tokio::select! {
-                resp = &mut sent => break resp.map_err(|status| match status.code() {
-                    // The connection broke under the request (the leader's own answers are
-                    // never `Unknown`): it may have logged the write.
-                    tonic::Code::Unknown => unknown_outcome(format!(
-                        "the connection to the leader (node {leader}) broke while it had the write: {}",
-                        status.message()
-                    )),
-                    _ => status,
-                })?,
+                answer = &mut answered => return answer,
                 _ = self.new_leader_since(leader, term, self.peer_deadline()) => {
                     let m = self.raft.metrics().borrow_watched().clone();
                     if m.current_leader.is_some_and(|l| l != leader) || m.current_term > term {
@@ -110,7 +112,34 @@ impl NodeInner {
                     }
                 }
             }
-        };
+        }
+    }
+
+    /// `command` to `leader` in a `Forward` call of its own: for a leader that has no
+    /// `ForwardStream` (an older version, during a rolling upgrade).
+    async fn forward_one(
+        &self,
+        leader: u64,
+        addr: &str,
+        command: pb::Command,
+    ) -> Result<(u64, pb::CommandResult), Status> {
+        let channel = self
+            .network
+            .channel(leader, addr)
+            .map_err(|e| not_proposed(e.to_string()))?;
+        let mut client = PeerClient::new(channel).max_encoding_message_size(usize::MAX);
+        let resp = client
+            .forward(pb::ForwardRequest { command: Some(command) })
+            .await
+            .map_err(|status| match status.code() {
+                // The connection broke under the request (the leader's own answers are never
+                // `Unknown`): it may have logged the write.
+                tonic::Code::Unknown => unknown_outcome(format!(
+                    "the connection to the leader (node {leader}) broke while it had the write: {}",
+                    status.message()
+                )),
+                _ => status,
+            })?;
         let index = resp
             .metadata()
             .get("wasmraft-index")
@@ -118,6 +147,40 @@ impl NodeInner {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         Ok((index, resp.into_inner()))
+    }
+
+    /// This node's forwarding stream to `leader` at `addr`, opened if there is none (or the one
+    /// there ended); none if the leader has no such stream (an older version). A leader that
+    /// cannot be reached never saw the write: not proposed.
+    async fn forward_link(&self, leader: u64, addr: &str) -> Result<Option<Arc<ForwardLink>>, Status> {
+        if let Some(link) = lock(&self.forwarding)
+            .as_ref()
+            .filter(|link| link.leader == leader && link.addr == addr && link.is_open())
+        {
+            return Ok(Some(link.clone()));
+        }
+        let mut channel = self
+            .network
+            .channel(leader, addr)
+            .map_err(|e| not_proposed(e.to_string()))?;
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx))
+            .await
+            .map_err(|e| not_proposed(format!("cannot reach the leader (node {leader}): {e}")))?;
+        let client = PeerClient::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(usize::MAX);
+        let link = match ForwardLink::open(leader, addr, client).await {
+            Ok(link) => Arc::new(link),
+            Err(e) if e.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(e) => {
+                return Err(not_proposed(format!(
+                    "cannot reach the leader (node {leader}): {}",
+                    e.message()
+                )));
+            }
+        };
+        *lock(&self.forwarding) = Some(link.clone());
+        Ok(Some(link))
     }
 
     /// Whether this node leads and a quorum acknowledged it within `within` (a node that is the
