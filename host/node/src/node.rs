@@ -196,8 +196,13 @@ impl Node {
         )
         .await?;
         let deadline = crate::cluster::peer_deadline(&raft);
-        let read_rounds = crate::cluster::ReadRounds::new(raft.clone(), openraft::ReadPolicy::ReadIndex, deadline);
-        let lease_rounds = crate::cluster::ReadRounds::new(raft.clone(), openraft::ReadPolicy::LeaseRead, deadline);
+        let read_rounds = crate::cluster::leader_rounds(raft.clone(), openraft::ReadPolicy::ReadIndex, deadline);
+        let lease_rounds = crate::cluster::leader_rounds(raft.clone(), openraft::ReadPolicy::LeaseRead, deadline);
+        let follower_rounds = |consistency| {
+            crate::cluster::follower_rounds(raft.clone(), network.clone(), config.id, consistency, deadline)
+        };
+        let follower_read_rounds = follower_rounds(crate::pb::Consistency::Linearizable);
+        let follower_lease_rounds = follower_rounds(crate::pb::Consistency::Lease);
         let inner = Arc::new(NodeInner {
             id: config.id,
             addr: addr.clone(),
@@ -213,6 +218,8 @@ impl Node {
             test_read_skips_read_index: config.test_read_skips_read_index,
             read_rounds,
             lease_rounds,
+            follower_read_rounds,
+            follower_lease_rounds,
             forwarding: std::sync::Mutex::new(None),
         });
         let metrics = match config.metrics_listen {

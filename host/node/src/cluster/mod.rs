@@ -21,12 +21,12 @@ pub use admin::{AdminError, check_member_addr, membership_error, process_cpu_mic
 pub(crate) use deploy::control_outcome;
 pub use deploy::{DEPLOY_CHUNK_BYTES, PREPARE_TIMEOUT};
 pub use overview::{Member, diverged};
-pub(crate) use read::ReadRounds;
+pub(crate) use read::{follower_rounds, leader_rounds};
 
 use crate::raft::{Faults, Network, Raft};
 use crate::sm::Shared;
 use crate::snapshot::{SnapshotConfig, Snapshots};
-use crate::types::NodeId;
+use crate::types::{LogId, NodeId};
 
 /// How long a request waits for an election in progress before it fails with "no leader yet".
 pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(3);
@@ -51,9 +51,13 @@ pub struct NodeInner {
     /// Test-only: reads skip the read barrier (see `NodeConfig`).
     pub(crate) test_read_skips_read_index: bool,
     /// Linearizable reads on this node, when it leads, share ReadIndex rounds.
-    pub(crate) read_rounds: Arc<read::ReadRounds>,
+    pub(crate) read_rounds: Arc<read::Rounds<LogId>>,
     /// Lease reads share lease checks the same way.
-    pub(crate) lease_rounds: Arc<read::ReadRounds>,
+    pub(crate) lease_rounds: Arc<read::Rounds<LogId>>,
+    /// Linearizable reads on this node, when it follows, share their asks of the leader...
+    pub(crate) follower_read_rounds: Arc<read::Rounds<Option<crate::pb::LogId>>>,
+    /// ...and so do lease reads.
+    pub(crate) follower_lease_rounds: Arc<read::Rounds<Option<crate::pb::LogId>>>,
     /// Where this node forwards its clients' writes: its stream to the leader, once opened.
     pub(crate) forwarding: std::sync::Mutex<Option<Arc<forward::ForwardLink>>>,
 }

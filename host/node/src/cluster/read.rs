@@ -12,6 +12,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
@@ -19,7 +21,7 @@ use tonic::Status;
 
 use super::{LEADER_WAIT, NodeInner, no_leader};
 use crate::pb::{self, peer_client::PeerClient};
-use crate::raft::Raft;
+use crate::raft::{Network, Raft};
 use crate::types::{LogId, NodeId, TypeConfig};
 use crate::util::lock;
 use crate::wire::log_id_to_pb;
@@ -40,14 +42,19 @@ impl NodeInner {
         let deadline = Instant::now() + LEADER_WAIT + 2 * self.peer_deadline();
         let read = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (leader, addr) = self.leader_within(left).await?;
+            let (leader, _) = self.leader_within(left).await?;
             let term = self.raft.metrics().borrow_watched().current_term;
             if leader == self.id {
                 // A leader that cannot confirm it leads fails the read at once: the client may
                 // ask another node. It applied the read index by the time this returns.
                 return self.read_index_here(consistency).await.map(|_| ());
             }
-            match self.ask_read_index(leader, &addr, consistency).await {
+            // Reads here share their asks of the leader the way the leader's reads share rounds.
+            let rounds = match consistency {
+                pb::Consistency::Lease => &self.follower_lease_rounds,
+                _ => &self.follower_read_rounds,
+            };
+            match rounds.join().await {
                 Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
                     tracing::debug!(
                         leader,
@@ -76,58 +83,26 @@ impl NodeInner {
         Ok(Some(log_id_to_pb(&read)))
     }
 
-    /// Asks the leader for a read index, within [`NodeInner::peer_deadline`] (`UNAVAILABLE`
-    /// past it: the leader may be cut off).
-    async fn ask_read_index(
-        &self,
-        leader: NodeId,
-        addr: &str,
-        consistency: pb::Consistency,
-    ) -> Result<Option<pb::LogId>, Status> {
-        let channel = self
-            .network
-            .channel(leader, addr)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut client = PeerClient::new(channel);
-        let ask = client.read_index(pb::ReadIndexRequest {
-            consistency: consistency as i32,
-        });
-        let deadline = self.peer_deadline();
-        match tokio::time::timeout(deadline, ask).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner().read_log_id),
-            // The connection failed or broke (the leader's own answers are never `Unknown`): a
-            // read is safe to ask again, of the next leader.
-            Ok(Err(status)) if status.code() == tonic::Code::Unknown => Err(Status::unavailable(format!(
-                "cannot reach the leader (node {leader}): {}",
-                status.message()
-            ))),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::unavailable(format!(
-                "the leader (node {leader}) did not answer a read index within {deadline:?}"
-            ))),
-        }
-    }
-
     /// On the leader: a read index for a read that arrived now, once it is safe to serve a read at
     /// `consistency` from a state that has applied it (this node has applied it when this returns).
     /// A leader that cannot reach a quorum gives up after [`NodeInner::peer_deadline`].
     async fn read_index_here(&self, consistency: pb::Consistency) -> Result<LogId, Status> {
         match consistency {
             // The lease stands in for the round trip (bounded clock drift assumed).
-            pb::Consistency::Lease => self.lease_rounds.read_index().await,
-            _ => self.read_rounds.read_index().await,
+            pb::Consistency::Lease => self.lease_rounds.join().await,
+            _ => self.read_rounds.join().await,
         }
     }
 }
 
 /// Waits until a read at `policy` that arrived now may be served, and answers its read log id
 /// (applied on this node by then); a leader that cannot confirm within `deadline` fails it.
-async fn confirm(raft: &Raft, policy: ReadPolicy, deadline: Duration) -> Result<LogId, Status> {
+async fn confirm(raft: Raft, policy: ReadPolicy, deadline: Duration) -> Result<LogId, Status> {
     let confirmed = async {
         let linearizer = raft.get_read_linearizer(policy).await.map_err(read_error)?;
         let read = *linearizer.read_log_id().log_id();
         linearizer
-            .await_ready(raft)
+            .await_ready(&raft)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(read)
@@ -137,42 +112,90 @@ async fn confirm(raft: &Raft, policy: ReadPolicy, deadline: Duration) -> Result<
         .unwrap_or_else(|_| Err(not_leading(&None)))
 }
 
-/// Reads on the leader share rounds. openraft broadcasts a heartbeat for every ReadIndex read it
-/// is asked to confirm, so under load the leader sent a heartbeat per read; a lease read costs a
-/// message to its core each. Here a read that arrives while a round is in flight waits for the
-/// next one, and each round serves every read that arrived before it started: its read log id is
-/// taken after they all arrived, and it is confirmed (a quorum acknowledging a heartbeat sent
-/// after that, or the lease) as each read needs.
-pub(crate) struct ReadRounds {
+/// Asks the node this one takes for the leader for a read index, within `deadline`
+/// (`UNAVAILABLE` past it: the leader may be cut off). One ask serves a round of reads
+/// ([`Rounds`]): it is sent after every read of its round arrived.
+async fn ask_leader(
     raft: Raft,
-    policy: ReadPolicy,
+    network: Network,
+    id: NodeId,
+    consistency: pb::Consistency,
     deadline: Duration,
-    state: Mutex<RoundState>,
+) -> Result<Option<pb::LogId>, Status> {
+    let (leader, addr) = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics
+            .current_leader
+            .filter(|&leader| leader != id)
+            .ok_or_else(no_leader)?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .ok_or_else(no_leader)?
+            .addr
+            .clone();
+        (leader, addr)
+    };
+    let channel = network
+        .channel(leader, &addr)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut client = PeerClient::new(channel);
+    let ask = client.read_index(pb::ReadIndexRequest {
+        consistency: consistency as i32,
+    });
+    match tokio::time::timeout(deadline, ask).await {
+        Ok(Ok(resp)) => Ok(resp.into_inner().read_log_id),
+        // The connection failed or broke (the leader's own answers are never `Unknown`): a
+        // read is safe to ask again, of the next leader.
+        Ok(Err(status)) if status.code() == tonic::Code::Unknown => Err(Status::unavailable(format!(
+            "cannot reach the leader (node {leader}): {}",
+            status.message()
+        ))),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::unavailable(format!(
+            "the leader (node {leader}) did not answer a read index within {deadline:?}"
+        ))),
+    }
+}
+
+/// Reads share rounds. openraft broadcasts a heartbeat for every ReadIndex read it is asked to
+/// confirm, so under load the leader sent a heartbeat per read; a lease read costs a message to
+/// its core each; a follower's read asked the leader for a read index in a call of its own. Here
+/// a read that arrives while a round is in flight waits for the next one, and each round serves
+/// every read that arrived before it started: its read index is taken (on the leader: its read
+/// log id, confirmed as each read needs; on a follower: asked of the leader) after they all
+/// arrived.
+pub(crate) struct Rounds<T> {
+    /// Makes one round.
+    round: Box<dyn Fn() -> BoxFuture<'static, Result<T, Status>> + Send + Sync>,
+    state: Mutex<RoundState<T>>,
 }
 
 /// A read waiting for its round's outcome.
-type Waiter = tokio::sync::oneshot::Sender<Result<LogId, Status>>;
+type Waiter<T> = tokio::sync::oneshot::Sender<Result<T, Status>>;
 
-#[derive(Default)]
-struct RoundState {
+struct RoundState<T> {
     /// The reads waiting for the next round.
-    waiting: Vec<Waiter>,
+    waiting: Vec<Waiter<T>>,
     /// Whether a task is running rounds.
     running: bool,
 }
 
-impl ReadRounds {
-    pub(crate) fn new(raft: Raft, policy: ReadPolicy, deadline: Duration) -> Arc<ReadRounds> {
-        Arc::new(ReadRounds {
-            raft,
-            policy,
-            deadline,
-            state: Mutex::default(),
+impl<T: Clone + Send + 'static> Rounds<T> {
+    fn new(round: impl Fn() -> BoxFuture<'static, Result<T, Status>> + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Rounds {
+            round: Box::new(round),
+            state: Mutex::new(RoundState {
+                waiting: Vec::new(),
+                running: false,
+            }),
         })
     }
 
-    /// The read log id of a round that started after this call.
-    async fn read_index(self: &Arc<Self>) -> Result<LogId, Status> {
+    /// The outcome of a round that started after this call.
+    async fn join(self: &Arc<Self>) -> Result<T, Status> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut state = lock(&self.state);
@@ -197,12 +220,28 @@ impl ReadRounds {
                 }
                 std::mem::take(&mut state.waiting)
             };
-            let outcome = confirm(&self.raft, self.policy.clone(), self.deadline).await;
+            let outcome = (self.round)().await;
             for read in batch {
                 let _ = read.send(outcome.clone());
             }
         }
     }
+}
+
+/// Rounds of reads on the leader at `policy` (ReadIndex or the lease).
+pub(crate) fn leader_rounds(raft: Raft, policy: ReadPolicy, deadline: Duration) -> Arc<Rounds<LogId>> {
+    Rounds::new(move || confirm(raft.clone(), policy.clone(), deadline).boxed())
+}
+
+/// Rounds of reads on a follower at `consistency`: each round asks the leader for a read index.
+pub(crate) fn follower_rounds(
+    raft: Raft,
+    network: Network,
+    id: NodeId,
+    consistency: pb::Consistency,
+    deadline: Duration,
+) -> Arc<Rounds<Option<pb::LogId>>> {
+    Rounds::new(move || ask_leader(raft.clone(), network.clone(), id, consistency, deadline).boxed())
 }
 
 /// A read this node cannot answer because it does not (or no longer) lead: retryable.
