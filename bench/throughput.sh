@@ -30,11 +30,33 @@ start_cluster() {
     exit 1
 }
 
+# A row's clients talk to node 1 (port 7700), or to $port when set.
 row() {
+    local endpoint="http://127.0.0.1:${port:-7700}"
     echo
-    echo "== $bin bench --endpoint http://127.0.0.1:7700 --compare-native $* ${BENCH_FLAGS:-}"
+    echo "== $bin bench --endpoint $endpoint --compare-native $* ${BENCH_FLAGS:-}"
     # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
-    "$bin" bench --endpoint http://127.0.0.1:7700 --compare-native "$@" ${BENCH_FLAGS:-}
+    "$bin" bench --endpoint "$endpoint" --compare-native "$@" ${BENCH_FLAGS:-}
+}
+
+# A node's /metrics text, from its metrics port.
+scrape() {
+    exec 3<>"/dev/tcp/127.0.0.1/$1"
+    printf 'GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+    cat <&3
+    exec 3<&-
+}
+
+# The client port of a node that does not lead (its metrics port is 100 above it).
+follower_port() {
+    for p in 7700 7701 7702; do
+        if ! scrape $((p + 100)) | grep -q '^wasmraft_is_leader 1'; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "error: no follower found" >&2
+    exit 1
 }
 
 start_cluster
@@ -53,4 +75,7 @@ for round in $(seq 1 "$rounds"); do
         row --clients 64 --pipeline 4 --duration 10s --read-ratio 1 --consistency "$consistency"
     done
     row --clients 64 --duration 10s --read-ratio 0.9
+    # Clients on a follower: writes forwarded to the leader, reads asking it for a read index.
+    port=$(follower_port) row --clients 64 --duration 10s
+    port=$(follower_port) row --clients 64 --duration 10s --read-ratio 1 --consistency linearizable
 done
