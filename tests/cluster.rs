@@ -335,26 +335,13 @@ async fn batches_cut_at_their_deadline_apply_the_rest_off_the_worker_as_the_repl
 
     let digests = cluster.converged().await;
     assert!(digests.iter().all(|(_, _, d)| *d == digests[0].2), "{digests:?}");
-    let metrics = scrape_metrics(metrics_port).await;
+    let metrics = common::metrics_text(([127, 0, 0, 1], metrics_port).into()).await;
     let cuts: f64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("wasmraft_apply_deadline_cuts_total "))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or_else(|| panic!("no cut counter in:\n{metrics}"));
     assert!(cuts >= 10.0, "node 3 cut {cuts} batches");
-}
-
-/// The `/metrics` text a node serves on `port`.
-async fn scrape_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
 }
 
 /// `cluster check` compares every member's state digest at the latest checkpoint they all kept:

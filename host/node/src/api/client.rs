@@ -2,68 +2,20 @@
 //! node (`cluster`), and turn its answer into the reply.
 
 use std::collections::BTreeSet;
-use std::pin::Pin;
 use std::sync::Arc;
-
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info_span};
 use wasmraft_runtime::PluginError;
 
-use super::BoxStream;
 use super::access::Granted;
+use super::{BoxStream, in_flight};
 use crate::cluster::{AdminError, NodeInner, check_member_addr, control_outcome, membership_error};
 use crate::pb::{self, command, command_result};
 use crate::security::Role;
 
 pub struct ApiService(pub Arc<NodeInner>);
-
-/// One `Pipeline` stream: its calls and queries run side by side (at most
-/// [`PIPELINE_IN_FLIGHT`]), each answered as soon as it is done, until the client closes its side
-/// and every answer is sent, or goes away. The reply stream itself drives them, on the
-/// connection's own task: no task of its own, no channel, no wake between the two per request.
-/// A broken request stream ends it, and so does the client going away: what was running is
-/// dropped (a call already proposed still applies; its client saw the stream break, so it knows
-/// the outcome is unknown). A client that stops reading its replies stops its requests.
-struct Pipeline {
-    node: Arc<NodeInner>,
-    input: Streaming<pb::PipelineRequest>,
-    running: FuturesUnordered<Pin<Box<dyn Future<Output = pb::PipelineReply> + Send>>>,
-    /// Whether the client may still send requests.
-    open: bool,
-    may_call: bool,
-}
-
-impl Pipeline {
-    /// The next reply, and the stream's state after it (`None`: nothing follows).
-    async fn next_reply(pipeline: Option<Self>) -> Option<(Result<pb::PipelineReply, Status>, Option<Self>)> {
-        let mut pipeline = pipeline?;
-        loop {
-            tokio::select! {
-                request = pipeline.input.message(),
-                    if pipeline.open && pipeline.running.len() < PIPELINE_IN_FLIGHT => match request
-                {
-                    Ok(Some(request)) => {
-                        let api = ApiService(pipeline.node.clone());
-                        let may_call = pipeline.may_call;
-                        pipeline
-                            .running
-                            .push(Box::pin(async move { api.pipelined(request, may_call).await }));
-                    }
-                    Ok(None) => pipeline.open = false,
-                    Err(status) => return Some((Err(status), None)),
-                },
-                Some(reply) = pipeline.running.next(), if !pipeline.running.is_empty() => {
-                    return Some((Ok(reply), Some(pipeline)));
-                }
-                else => return None,
-            }
-        }
-    }
-}
 
 /// The methods a pipelined request is counted as in the metrics (a request with neither a call
 /// nor a query counts as `Pipeline`).
@@ -151,17 +103,18 @@ impl pb::api_server::Api for ApiService {
         req: Request<Streaming<pb::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let may_call = req.extensions().get::<Granted>().is_none_or(|g| g.0 >= Role::Write);
-        let pipeline = Pipeline {
-            node: self.0.clone(),
-            input: req.into_inner(),
-            running: FuturesUnordered::new(),
-            open: true,
-            may_call,
-        };
-        Ok(Response::new(Box::pin(futures::stream::unfold(
-            Some(pipeline),
-            Pipeline::next_reply,
-        ))))
+        // Its calls and queries run side by side (`in_flight`). A broken stream drops what was
+        // running: a call already proposed still applies; its client saw the stream break, so
+        // it knows the outcome is unknown.
+        let node = self.0.clone();
+        Ok(Response::new(in_flight::answered(
+            req.into_inner(),
+            PIPELINE_IN_FLIGHT,
+            move |request| {
+                let api = ApiService(node.clone());
+                async move { api.pipelined(request, may_call).await }
+            },
+        )))
     }
 
     type DeployStream = BoxStream<pb::DeployProgress>;

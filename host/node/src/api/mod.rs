@@ -5,6 +5,7 @@ mod access;
 mod client;
 mod grpc_metrics;
 mod http;
+mod in_flight;
 mod peer;
 
 pub(crate) use http::serve_http;

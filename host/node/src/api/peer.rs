@@ -1,18 +1,15 @@
 //! The `Peer` gRPC service (Raft between nodes): thin handlers that decode, call openraft or the
 //! node, and encode. Snapshot receiving itself lives in `snapshot::receive`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesResponse, StreamAppendError, TransferLeaderRequest};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, warn};
 
-use super::{BoxStream, bad, raft_err};
+use super::{BoxStream, bad, in_flight, raft_err};
 use crate::cluster::{NodeInner, PREPARE_TIMEOUT, forward};
 use crate::pb;
 use crate::snapshot;
@@ -237,14 +234,23 @@ impl pb::peer_server::Peer for PeerService {
         if crate::util::failpoint_armed("forward-stream-unimplemented") {
             return Err(Status::unimplemented("ForwardStream (failpoint)"));
         }
-        let forwarding = Forwarding {
-            node: self.0.clone(),
-            input: req.into_inner(),
-            running: FuturesUnordered::new(),
-            open: true,
-        };
-        let answers = futures::stream::unfold(Some(forwarding), Forwarding::next_answer);
-        Ok(Response::new(Box::pin(answers)))
+        // Each command proposed as it comes and answered by id once applied (`in_flight`). A
+        // broken stream drops what was running: each was proposed, so it still applies.
+        let node = self.0.clone();
+        Ok(Response::new(in_flight::answered(
+            req.into_inner(),
+            FORWARDS_IN_FLIGHT,
+            move |item: pb::ForwardItem| {
+                let node = node.clone();
+                async move {
+                    let outcome = match item.command {
+                        Some(command) => node.propose_local(command).await,
+                        None => Err(Status::invalid_argument("forward without a command")),
+                    };
+                    forward::answer(item.id, outcome)
+                }
+            },
+        )))
     }
 
     async fn prepare(&self, req: Request<pb::PrepareRequest>) -> Result<Response<pb::PrepareResponse>, Status> {
@@ -262,46 +268,3 @@ impl pb::peer_server::Peer for PeerService {
 
 /// The most forwarded writes one stream runs at a time; more wait in the stream.
 const FORWARDS_IN_FLIGHT: usize = 1024;
-
-/// A follower's `ForwardStream` on the leader: each command proposed as it comes and answered by
-/// id once applied. The answer stream drives it on the connection's own task, as the client
-/// API's `Pipeline`. When the follower's side ends, the commands running still finish and are
-/// answered; a broken stream drops them (each was proposed: it still applies).
-struct Forwarding {
-    node: Arc<NodeInner>,
-    input: Streaming<pb::ForwardItem>,
-    running: FuturesUnordered<Pin<Box<dyn Future<Output = pb::ForwardAnswer> + Send>>>,
-    /// Whether the follower may still send commands.
-    open: bool,
-}
-
-impl Forwarding {
-    /// The next answer, and the stream's state after it (`None`: nothing follows).
-    async fn next_answer(forwarding: Option<Self>) -> Option<(Result<pb::ForwardAnswer, Status>, Option<Self>)> {
-        let mut forwarding = forwarding?;
-        loop {
-            tokio::select! {
-                item = forwarding.input.message(),
-                    if forwarding.open && forwarding.running.len() < FORWARDS_IN_FLIGHT => match item
-                {
-                    Ok(Some(item)) => {
-                        let node = forwarding.node.clone();
-                        forwarding.running.push(Box::pin(async move {
-                            let outcome = match item.command {
-                                Some(command) => node.propose_local(command).await,
-                                None => Err(Status::invalid_argument("forward without a command")),
-                            };
-                            forward::answer(item.id, outcome)
-                        }));
-                    }
-                    Ok(None) => forwarding.open = false,
-                    Err(status) => return Some((Err(status), None)),
-                },
-                Some(answer) = forwarding.running.next(), if !forwarding.running.is_empty() => {
-                    return Some((Ok(answer), Some(forwarding)));
-                }
-                else => return None,
-            }
-        }
-    }
-}

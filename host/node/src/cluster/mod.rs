@@ -67,6 +67,16 @@ pub(crate) fn peer_deadline(raft: &Raft) -> Duration {
     Duration::from_millis(raft.config().election_timeout_max * 2).max(Duration::from_secs(1))
 }
 
+/// The leader `raft` knows, and its address.
+pub(crate) fn leader_of(raft: &Raft) -> Option<(NodeId, String)> {
+    // Borrowed, not cloned: a read asks this of every request.
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    let leader = metrics.current_leader?;
+    let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+    Some((leader, addr))
+}
+
 pub(crate) fn no_leader() -> Status {
     Status::unavailable("no leader yet: the cluster is electing one (or not initialized: `wasmraft cluster init`)")
 }
@@ -107,11 +117,6 @@ impl NodeInner {
 
     /// The current leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        // Borrowed, not cloned: a read asks this of every request.
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        let leader = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
-        Some((leader, addr))
+        leader_of(&self.raft)
     }
 }

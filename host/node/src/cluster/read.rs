@@ -19,7 +19,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use tonic::Status;
 
-use super::{LEADER_WAIT, NodeInner, no_leader};
+use super::{LEADER_WAIT, NodeInner, leader_of, no_leader};
 use crate::pb::{self, peer_client::PeerClient};
 use crate::raft::{Network, Raft};
 use crate::types::{LogId, NodeId, TypeConfig};
@@ -122,22 +122,9 @@ async fn ask_leader(
     consistency: pb::Consistency,
     deadline: Duration,
 ) -> Result<Option<pb::LogId>, Status> {
-    let (leader, addr) = {
-        let metrics = raft.metrics();
-        let metrics = metrics.borrow_watched();
-        let leader = metrics
-            .current_leader
-            .filter(|&leader| leader != id)
-            .ok_or_else(no_leader)?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .ok_or_else(no_leader)?
-            .addr
-            .clone();
-        (leader, addr)
-    };
+    let (leader, addr) = leader_of(&raft)
+        .filter(|(leader, _)| *leader != id)
+        .ok_or_else(no_leader)?;
     let channel = network
         .channel(leader, &addr)
         .map_err(|e| Status::unavailable(e.to_string()))?;
