@@ -355,6 +355,8 @@ struct Counters {
     apply_entries: u64,
     peer_appends: u64,
     peer_append_entries: u64,
+    write_batches: u64,
+    write_batch_writes: u64,
 }
 
 impl Counters {
@@ -366,6 +368,8 @@ impl Counters {
         self.apply_entries += other.apply_entries;
         self.peer_appends += other.peer_appends;
         self.peer_append_entries += other.peer_append_entries;
+        self.write_batches += other.write_batches;
+        self.write_batch_writes += other.write_batch_writes;
     }
 
     /// What was counted since `before`.
@@ -378,6 +382,8 @@ impl Counters {
             apply_entries: self.apply_entries.saturating_sub(before.apply_entries),
             peer_appends: self.peer_appends.saturating_sub(before.peer_appends),
             peer_append_entries: self.peer_append_entries.saturating_sub(before.peer_append_entries),
+            write_batches: self.write_batches.saturating_sub(before.write_batches),
+            write_batch_writes: self.write_batch_writes.saturating_sub(before.write_batch_writes),
         }
     }
 }
@@ -406,6 +412,8 @@ async fn usage(target: &Target) -> Usage {
                 apply_entries: u.apply_entries,
                 peer_appends: u.peer_appends,
                 peer_append_entries: u.peer_append_entries,
+                write_batches: u.write_batches,
+                write_batch_writes: u.write_batch_writes,
             });
         }
     }
@@ -465,6 +473,12 @@ impl Cost {
             self.node_processes,
             self.client_cpu_micros as f64 / ops
         );
+        if c.write_batches > 0 {
+            line += &format!(
+                "; {:.1} writes per batch proposed",
+                c.write_batch_writes as f64 / c.write_batches as f64
+            );
+        }
         if c.log_fsyncs > 0 {
             line += &format!(
                 "; {:.1} log appends ({:.1} entries) per fsync",

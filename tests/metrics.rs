@@ -359,3 +359,65 @@ async fn reads_in_flight_at_a_follower_share_read_index_asks_and_each_sees_every
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_each_its_own_entry() {
+    use wasmraft_node::pb::{self, pipeline_reply::Outcome, pipeline_request::Op};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path()).await;
+    let out = common::cli_at(nodes[0].addr(), &["deploy", "kv", wasmraft::plugins::KV]).await;
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let leader_id = common::eventually("a leader", Duration::from_secs(10), || async {
+        nodes[0].current_leader()
+    })
+    .await;
+    let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
+    let mut api = pb::api_client::ApiClient::connect(leader.addr().to_string())
+        .await
+        .unwrap();
+    let batches = || async {
+        observed(
+            &scrape(leader.metrics_addr().unwrap()).await,
+            "wasmraft_write_batch_writes",
+            &[],
+        )
+    };
+    let before = batches().await;
+    let requests: Vec<_> = (0..200)
+        .map(|id| pb::PipelineRequest {
+            id,
+            op: Some(Op::Call(pb::CallRequest {
+                plugin: "kv".into(),
+                payload: format!(r#"{{"op":"put","key":"k{id}","value":"{id}"}}"#).into_bytes(),
+                session: None,
+            })),
+        })
+        .collect();
+    let mut replies = api.pipeline(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    let mut indexes = std::collections::BTreeSet::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        match reply.outcome {
+            Some(Outcome::Call(call)) => {
+                assert_eq!(call.result, br#"{"previous":null}"#, "write {}", reply.id);
+                indexes.insert(call.index);
+            }
+            other => panic!("write {}: {other:?}", reply.id),
+        }
+    }
+    assert_eq!(indexes.len(), 200, "each write is its own entry");
+    let proposed = batches().await - before;
+    // One by one, 200 writes would be 200 batches; at most 16 go alone before the rest wait.
+    assert!(
+        (1.0..=100.0).contains(&proposed),
+        "200 writes in flight went to Raft in {proposed} batches"
+    );
+    let value = common::query(
+        &mut api,
+        "kv",
+        r#"{"op":"get","key":"k199"}"#,
+        Consistency::Linearizable,
+    )
+    .await
+    .unwrap();
+    assert_eq!(value, r#"{"value":"199"}"#);
+}

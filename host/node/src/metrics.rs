@@ -95,6 +95,9 @@ pub struct Metrics {
     /// Plugin apply calls and the entries they carried, over every plugin (for `wasmraft bench`).
     apply_calls_total: AtomicU64,
     apply_entries_total: AtomicU64,
+    /// Batches of writes this node proposed to Raft, and the writes in them (`write_counts`).
+    write_batches_total: AtomicU64,
+    write_batch_writes_total: AtomicU64,
     /// Log fsyncs (one covers every append queued before it).
     fsyncs: Counter,
     /// Appends covered by those fsyncs (their ratio: appends per fsync).
@@ -105,6 +108,8 @@ pub struct Metrics {
     fsync_seconds: Histogram,
     /// How long queries took (read barrier and answer), by consistency, in seconds.
     query_seconds: Family<ConsistencyLabels, Histogram, fn() -> Histogram>,
+    /// Writes in each batch this node proposes to Raft (`cluster/proposer.rs`).
+    write_batch_writes: Histogram,
     /// Entries in each batch Raft hands the state machine.
     apply_batch_entries: Histogram,
     /// How long each apply call into a plugin took, by plugin.
@@ -140,11 +145,14 @@ impl Default for Metrics {
             recording: AtomicBool::new(true),
             apply_calls_total: AtomicU64::new(0),
             apply_entries_total: AtomicU64::new(0),
+            write_batches_total: AtomicU64::new(0),
+            write_batch_writes_total: AtomicU64::new(0),
             fsyncs: Counter::default(),
             fsync_appends: Counter::default(),
             fsync_entries: Counter::default(),
             fsync_seconds: latency_histogram(),
             query_seconds: Family::new_with_constructor(latency_histogram),
+            write_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             apply_seconds: Family::new_with_constructor(latency_histogram),
             entry_fuel: Family::new_with_constructor(fuel_histogram),
@@ -241,6 +249,11 @@ impl Metrics {
             self.apply_calls.clone(),
         );
         r.register(
+            "write_batch_writes",
+            "Writes in each batch this node proposed to Raft as the leader (more wait for a batch in flight under load)",
+            self.write_batch_writes.clone(),
+        );
+        r.register(
             "apply_deadline_cuts",
             "Apply calls on an async worker that reached their deadline with entries left, which then applied off the workers",
             self.apply_deadline_cuts.clone(),
@@ -325,6 +338,25 @@ impl Metrics {
             return;
         }
         self.apply_batch_entries.observe(entries as f64);
+    }
+
+    /// Records one batch of `writes` proposed to Raft.
+    pub fn observe_write_batch(&self, writes: usize) {
+        if !self.recording() {
+            return;
+        }
+        self.write_batches_total.fetch_add(1, Ordering::Relaxed);
+        self.write_batch_writes_total
+            .fetch_add(writes as u64, Ordering::Relaxed);
+        self.write_batch_writes.observe(writes as f64);
+    }
+
+    /// Batches of writes proposed to Raft so far, and the writes in them.
+    pub fn write_counts(&self) -> (u64, u64) {
+        (
+            self.write_batches_total.load(Ordering::Relaxed),
+            self.write_batch_writes_total.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts an apply call on an async worker cut at its deadline.

@@ -203,6 +203,7 @@ impl Node {
         };
         let follower_read_rounds = follower_rounds(crate::pb::Consistency::Linearizable);
         let follower_lease_rounds = follower_rounds(crate::pb::Consistency::Lease);
+        let proposer = crate::cluster::proposer::Proposer::new(raft.clone(), shared.metrics.clone());
         let inner = Arc::new(NodeInner {
             id: config.id,
             addr: addr.clone(),
@@ -221,6 +222,7 @@ impl Node {
             follower_read_rounds,
             follower_lease_rounds,
             forwarding: std::sync::Mutex::new(None),
+            proposer,
         });
         let metrics = match config.metrics_listen {
             Some(addr) => {

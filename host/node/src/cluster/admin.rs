@@ -175,6 +175,7 @@ impl NodeInner {
         let (log_fsyncs, log_fsync_appends, log_fsync_entries) = self.shared.metrics.fsync_counts();
         let (apply_calls, apply_entries) = self.shared.metrics.apply_counts();
         let (peer_appends, peer_append_entries) = self.network.traffic().counts();
+        let (write_batches, write_batch_writes) = self.shared.metrics.write_counts();
         pb::NodeUsage {
             pid: std::process::id(),
             cpu_micros: process_cpu_micros(),
@@ -186,6 +187,8 @@ impl NodeInner {
             apply_entries,
             peer_appends,
             peer_append_entries,
+            write_batches,
+            write_batch_writes,
         }
     }
 

@@ -7,6 +7,7 @@ mod admin;
 mod deploy;
 pub(crate) mod forward;
 mod overview;
+pub(crate) mod proposer;
 mod read;
 mod write;
 
@@ -60,6 +61,8 @@ pub struct NodeInner {
     pub(crate) follower_lease_rounds: Arc<read::Rounds<Option<crate::pb::LogId>>>,
     /// Where this node forwards its clients' writes: its stream to the leader, once opened.
     pub(crate) forwarding: std::sync::Mutex<Option<Arc<forward::ForwardLink>>>,
+    /// Hands this node's writes to Raft, in batches that grow with the load.
+    pub(crate) proposer: Arc<proposer::Proposer>,
 }
 
 /// See [`NodeInner::peer_deadline`].

@@ -215,24 +215,30 @@ impl NodeInner {
         command.timestamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let write = self.raft.client_write(command);
-        tokio::pin!(write);
+        let mut pending = self.proposer.write(command);
         // A slow write is waited for while a quorum keeps acknowledging this leader; once none
         // has for a peer deadline, the leader is cut off and the write may never commit.
-        let written = loop {
+        let answer = loop {
             let deadline = self.peer_deadline();
-            match tokio::time::timeout(deadline, &mut write).await {
-                Ok(written) => break written,
+            match tokio::time::timeout(deadline, &mut pending.answer).await {
+                Ok(Ok(answer)) => break answer,
+                Ok(Err(_)) => return Err(unknown_outcome("the node stopped".into())),
                 Err(_) if !self.quorum_acked_within(deadline) => {
-                    return Err(unknown_outcome(format!(
-                        "no quorum acknowledged this leader within {deadline:?} (cut off?)"
-                    )));
+                    let why = format!("no quorum acknowledged this leader within {deadline:?} (cut off?)");
+                    if self.proposer.withdraw(&pending) {
+                        return Err(not_proposed(format!("{why}; the write was not proposed: retry")));
+                    }
+                    return Err(unknown_outcome(why));
                 }
                 Err(_) => {}
             }
         };
+        let written = match answer {
+            Ok(written) => written.map_err(RaftError::APIError),
+            Err(fatal) => Err(RaftError::Fatal(fatal)),
+        };
         match written {
-            Ok(resp) => Ok((resp.log_id.index, resp.data)),
+            Ok(resp) => Ok((resp.log_id.index, resp.response)),
             // Refused before the log: no leadership, or no quorum acknowledgement yet.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(not_proposed("leadership changed; retry"))
