@@ -114,6 +114,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(how_long) = self.inline.took_on_worker(on_worker, cpu, entries, Instant::now()) {
                 warn!(
                     node = self.id,
+                    ?on_worker,
                     ?cpu,
                     "plugin calls take too long to apply on an async worker: they run off the \
                      async workers {how_long}"
