@@ -78,7 +78,7 @@ async fn many_writes_in_flight_through_a_follower_each_get_their_own_entry_even_
                 })),
             })
             .collect();
-        let answers = pipelined(&mut api, requests).await;
+        let answers = common::pipelined(&mut api, requests).await;
         let mut indexes: Vec<u64> = answers
             .iter()
             .map(|(id, answer)| match answer {
@@ -324,7 +324,7 @@ async fn batches_cut_at_their_deadline_apply_the_rest_off_the_worker_as_the_repl
                 })),
             })
             .collect();
-        let answers = pipelined(&mut api, requests).await;
+        let answers = common::pipelined(&mut api, requests).await;
         assert!(
             answers
                 .values()
@@ -462,26 +462,6 @@ async fn admin_calls_refuse_bad_input_with_the_reason_and_a_learner_can_be_remov
     call(&mut api, "kv", &put("after", "1")).await.unwrap();
 }
 
-/// Sends `requests` on one `Pipeline` stream, all at once, and returns every reply by id once
-/// the node has answered them all and ended the stream.
-async fn pipelined(
-    api: &mut pb::api_client::ApiClient<tonic::transport::Channel>,
-    requests: Vec<pb::PipelineRequest>,
-) -> std::collections::BTreeMap<u64, pb::pipeline_reply::Outcome> {
-    let stream = tokio_stream::iter(requests);
-    let mut replies = api.pipeline(stream).await.unwrap().into_inner();
-    let mut answers = std::collections::BTreeMap::new();
-    while let Some(reply) = replies.message().await.unwrap() {
-        let outcome = reply.outcome.expect("every reply has an outcome");
-        assert!(
-            answers.insert(reply.id, outcome).is_none(),
-            "id {} answered twice",
-            reply.id
-        );
-    }
-    answers
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pipeline_stream_answers_many_calls_and_queries_in_flight_each_by_its_id() {
     use pb::pipeline_reply::Outcome;
@@ -502,7 +482,7 @@ async fn a_pipeline_stream_answers_many_calls_and_queries_in_flight_each_by_its_
         .collect();
     requests.push(call(1000, "nope", put("k", "v")));
     requests.push(call(1001, "kv", "{not json".into()));
-    let answers = pipelined(&mut api, requests).await;
+    let answers = common::pipelined(&mut api, requests).await;
     assert_eq!(answers.len(), 302);
     let mut indexes: Vec<u64> = (0..300)
         .map(|i| match &answers[&i] {
@@ -529,7 +509,7 @@ async fn a_pipeline_stream_answers_many_calls_and_queries_in_flight_each_by_its_
             shadow: false,
         })),
     };
-    let answers = pipelined(&mut api, (0..300).map(|i| query(i, format!("k{i}"))).collect()).await;
+    let answers = common::pipelined(&mut api, (0..300).map(|i| query(i, format!("k{i}"))).collect()).await;
     assert_eq!(answers.len(), 300);
     for (id, outcome) in answers {
         match outcome {

@@ -335,23 +335,17 @@ async fn reads_in_flight_at_a_follower_share_read_index_asks_and_each_sees_every
                 })),
             })
             .collect();
-        let mut replies = to_follower
-            .pipeline(tokio_stream::iter(requests))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut answered = 0;
-        while let Some(reply) = replies.message().await.unwrap() {
-            match reply.outcome {
-                Some(pb::pipeline_reply::Outcome::Query(answer)) => {
+        let answers = common::pipelined(&mut to_follower, requests).await;
+        for (id, answer) in &answers {
+            match answer {
+                pb::pipeline_reply::Outcome::Query(answer) => {
                     let expected = format!(r#"{{"value":"{value}"}}"#);
-                    assert_eq!(String::from_utf8_lossy(&answer.result), expected, "read {}", reply.id);
+                    assert_eq!(String::from_utf8_lossy(&answer.result), expected, "read {id}");
                 }
-                other => panic!("read {}: {other:?}", reply.id),
+                other => panic!("read {id}: {other:?}"),
             }
-            answered += 1;
         }
-        assert_eq!(answered, 200);
+        assert_eq!(answers.len(), 200);
         let asks = read_index_calls().await - before;
         assert!(
             (1.0..=100.0).contains(&asks),
@@ -393,15 +387,14 @@ async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_
             })),
         })
         .collect();
-    let mut replies = api.pipeline(tokio_stream::iter(requests)).await.unwrap().into_inner();
     let mut indexes = std::collections::BTreeSet::new();
-    while let Some(reply) = replies.message().await.unwrap() {
-        match reply.outcome {
-            Some(Outcome::Call(call)) => {
-                assert_eq!(call.result, br#"{"previous":null}"#, "write {}", reply.id);
+    for (id, answer) in common::pipelined(&mut api, requests).await {
+        match answer {
+            Outcome::Call(call) => {
+                assert_eq!(call.result, br#"{"previous":null}"#, "write {id}");
                 indexes.insert(call.index);
             }
-            other => panic!("write {}: {other:?}", reply.id),
+            other => panic!("write {id}: {other:?}"),
         }
     }
     assert_eq!(indexes.len(), 200, "each write is its own entry");

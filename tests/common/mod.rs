@@ -496,3 +496,23 @@ pub async fn query(
         .await?;
     Ok(String::from_utf8_lossy(&resp.into_inner().result).into_owned())
 }
+
+/// Sends `requests` on one `Pipeline` stream, all at once, and returns every reply by id once
+/// the node has answered them all and ended the stream.
+pub async fn pipelined(
+    api: &mut ApiClient<Channel>,
+    requests: Vec<pb::PipelineRequest>,
+) -> std::collections::BTreeMap<u64, pb::pipeline_reply::Outcome> {
+    let stream = tokio_stream::iter(requests);
+    let mut replies = api.pipeline(stream).await.unwrap().into_inner();
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        let outcome = reply.outcome.expect("every reply has an outcome");
+        assert!(
+            answers.insert(reply.id, outcome).is_none(),
+            "id {} answered twice",
+            reply.id
+        );
+    }
+    answers
+}
