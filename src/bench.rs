@@ -24,15 +24,20 @@ pub struct BenchArgs {
     command: Option<BenchCommand>,
     #[command(flatten)]
     endpoint: EndpointArg,
-    /// Concurrent clients, each with its own connection.
+    /// Concurrent clients, each with its own connection unless `--conns` says fewer.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Requests each client keeps in flight on its one connection, all on one `Pipeline` stream
-    /// (each with a session of its own, so retries stay safe).
+    /// Requests each client keeps in flight, all on its connection's one `Pipeline` stream (each
+    /// with a session of its own, so retries stay safe).
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
+    /// Connections the clients share, as etcd's benchmark does (`--conns 8 --clients 64`: eight
+    /// clients on each connection and its `Pipeline` stream, as the tasks of one application
+    /// process would share its channel). Default: one per client.
+    #[arg(long)]
+    conns: Option<usize>,
     /// One unary `Call`/`Query` RPC per request (an HTTP/2 stream each, as `wasmraft call` does),
-    /// instead of each client's one `Pipeline` stream.
+    /// instead of each connection's one `Pipeline` stream.
     #[arg(long)]
     unary: bool,
     /// Operations in total.
@@ -162,6 +167,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+impl BenchArgs {
+    /// How many connections the clients share.
+    fn connections(&self) -> usize {
+        let clients = self.clients.max(1);
+        self.conns.unwrap_or(clients).clamp(1, clients)
+    }
+
+    /// The connections, as the header line says them.
+    fn connections_line(&self) -> String {
+        let (connections, clients) = (self.connections(), self.clients.max(1));
+        let how = if self.unary { "unary RPCs" } else { "one Pipeline stream" };
+        match connections == clients {
+            true => format!("{how} each"),
+            false => format!("sharing {connections} connections, {how} each"),
+        }
+    }
+}
+
 /// How a lane sends its requests.
 #[derive(Clone)]
 enum Lane {
@@ -194,15 +217,16 @@ async fn run_once(
 ) -> anyhow::Result<Outcome> {
     let value = "x".repeat(args.value_size);
     let mut connections = Vec::new();
-    for _ in 0..args.clients.max(1) {
+    for _ in 0..args.connections() {
         let mut api = client::connect(target).await?;
         connections.push(match args.unary {
             true => Lane::Unary(api),
             false => Lane::Pipelined(Pipeline::open(&mut api).await?),
         });
     }
-    // A lane is one request in flight: `pipeline` of them share each client's connection.
-    let lanes = connections.len() * args.pipeline.max(1);
+    // A lane is one request in flight: each client has `pipeline` of them, and the lanes take
+    // turns over the connections.
+    let lanes = args.clients.max(1) * args.pipeline.max(1);
     let per_lane = total_ops.div_ceil(lanes);
     let clients: Vec<_> = (0..lanes)
         .map(|lane| connections[lane % connections.len()].clone())
@@ -552,13 +576,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     println!(
         "bench: {} clients x {} in flight ({}), {amount}, {}-byte values, {} keys, read ratio {}, {:?} reads, at {}",
-        args.clients,
+        args.clients.max(1),
         args.pipeline.max(1),
-        if args.unary {
-            "unary RPCs"
-        } else {
-            "one Pipeline stream each"
-        },
+        args.connections_line(),
         args.value_size,
         args.keys,
         args.read_ratio,
