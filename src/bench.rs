@@ -177,7 +177,11 @@ impl BenchArgs {
     /// The connections, as the header line says them.
     fn connections_line(&self) -> String {
         let (connections, clients) = (self.connections(), self.clients.max(1));
-        let how = if self.unary { "unary RPCs" } else { "one Pipeline stream" };
+        let how = if self.unary {
+            "unary RPCs"
+        } else {
+            "one Pipeline stream"
+        };
         match connections == clients {
             true => format!("{how} each"),
             false => format!("sharing {connections} connections, {how} each"),

@@ -414,3 +414,75 @@ async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_
     .unwrap();
     assert_eq!(value, r#"{"value":"199"}"#);
 }
+
+/// A node busy with queries is short of CPU, not of writes: a few writers' writes, which alone
+/// would each go to Raft at once, wait for the batch in flight and share the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
+    use wasmraft_node::pb::{self, pipeline_request::Op};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path()).await;
+    let out = common::cli_at(nodes[0].addr(), &["deploy", "kv", wasmraft::plugins::KV]).await;
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let leader_id = common::eventually("a leader", Duration::from_secs(10), || async {
+        nodes[0].current_leader()
+    })
+    .await;
+    let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
+    let endpoint = leader.addr().to_string();
+    let connect = || pb::api_client::ApiClient::connect(endpoint.clone());
+    let batches = || async {
+        observed(
+            &scrape(leader.metrics_addr().unwrap()).await,
+            "wasmraft_write_batch_writes",
+            &[],
+        )
+    };
+    // Two streams of 256 queries in flight each, again and again until the writers are done.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (mut api, writing) = (connect().await.unwrap(), writing.clone());
+        readers.push(tokio::spawn(async move {
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let queries = (0..256)
+                    .map(|id| pb::PipelineRequest {
+                        id,
+                        op: Some(Op::Query(pb::QueryRequest {
+                            plugin: "kv".into(),
+                            request: br#"{"op":"get","key":"k"}"#.to_vec(),
+                            consistency: Consistency::Lease as i32,
+                            shadow: false,
+                        })),
+                    })
+                    .collect();
+                assert_eq!(common::pipelined(&mut api, queries).await.len(), 256);
+            }
+        }));
+    }
+    let before = batches().await;
+    // Four writers, one write in flight each: never 16 writes in flight.
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut api = connect().await.unwrap();
+        writers.push(tokio::spawn(async move {
+            for n in 0..25 {
+                let put = format!(r#"{{"op":"put","key":"w{w}-{n}","value":"v"}}"#);
+                common::call(&mut api, "kv", &put).await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let proposed = batches().await - before;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    // Idle, each of the 100 writes would be a batch of its own.
+    assert!(
+        (1.0..=90.0).contains(&proposed),
+        "100 writes beside the queries went to Raft in {proposed} batches"
+    );
+}

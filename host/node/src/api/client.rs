@@ -422,6 +422,7 @@ impl ApiService {
 
     /// A query at its consistency: the read barrier, then the plugin's answer.
     async fn answer_query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, Status> {
+        let _busy = self.0.proposer.query();
         self.0.read_barrier(req.consistency()).await?;
         let plugin = if req.shadow {
             let shadow = self
