@@ -75,6 +75,14 @@ for round in $(seq 1 "$rounds"); do
         row --clients 64 --pipeline 4 --duration 10s --read-ratio 1 --consistency "$consistency"
     done
     row --clients 64 --duration 10s --read-ratio 0.9
+    # The same clients sharing connections, eight to each, as etcd's benchmark has them share
+    # (--conns): per connection, their requests share its reads, writes and HTTP/2 frames.
+    row --clients 64 --conns 8 --duration 10s
+    row --clients 256 --conns 32 --duration 10s
+    for consistency in linearizable lease; do
+        row --clients 64 --conns 8 --duration 10s --read-ratio 1 --consistency "$consistency"
+    done
+    row --clients 64 --conns 8 --duration 10s --read-ratio 0.9
     # Clients on a follower: writes forwarded to the leader, reads asking it for a read index.
     port=$(follower_port) row --clients 64 --duration 10s
     port=$(follower_port) row --clients 64 --duration 10s --read-ratio 1 --consistency linearizable

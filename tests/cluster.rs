@@ -665,6 +665,40 @@ async fn a_timed_bench_samples_throughput_and_node_memory_while_it_runs() {
     }
 }
 
+/// Clients may share connections, as etcd's benchmark has them do: six clients over two
+/// connections, each connection's one `Pipeline` stream carrying three clients' requests, get
+/// every answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_clients_sharing_connections_each_get_their_answers() {
+    let cluster = Cluster::start_with_kv(1).await;
+    let out = cluster
+        .cli(&[
+            "bench",
+            "--clients",
+            "6",
+            "--conns",
+            "2",
+            "--ops",
+            "60",
+            "--read-ratio",
+            "0.5",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("6 clients x 1 in flight (sharing 2 connections"),
+        "{text}"
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("kv "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!((row[1], row[6]), ("60", "0"), "60 ops, no errors: {text}");
+}
+
 /// The bench's native baseline is test code: a node built without `--features bench` does not
 /// link it, and refuses to activate it with a reason, before anything reaches the log.
 #[cfg(not(feature = "bench"))]
