@@ -12,15 +12,14 @@ use wasmraft_runtime::PluginError;
 use super::access::Granted;
 use super::{BoxStream, in_flight};
 use crate::cluster::{AdminError, NodeInner, check_member_addr, control_outcome, membership_error};
+use crate::metrics::{CALL, QUERY};
 use crate::pb::{self, command, command_result};
 use crate::security::Role;
 
 pub struct ApiService(pub Arc<NodeInner>);
 
-/// The methods a pipelined request is counted as in the metrics (a request with neither a call
-/// nor a query counts as `Pipeline`).
-const CALL: &str = "/wasmraft.v1.Api/Call";
-const QUERY: &str = "/wasmraft.v1.Api/Query";
+/// The method a pipelined request with neither a call nor a query is counted as in the metrics
+/// (the others count as `Call` or `Query`).
 const PIPELINE: &str = "/wasmraft.v1.Api/Pipeline";
 
 /// The most calls and queries one `Pipeline` stream runs at a time; more wait in the stream
