@@ -12,11 +12,12 @@ for bin in "$old" "$new"; do
     [ -x "$bin" ] || { echo "error: $bin not found: cargo build --release --features bench --bin wasmraft" >&2; exit 1; }
 done
 work=
-dev=
+# shellcheck source=bench/cluster.sh
+source "$(dirname "$0")/cluster.sh"
 stop() {
-    [ -n "$dev" ] && kill -INT "$dev" 2>/dev/null && wait "$dev" 2>/dev/null
-    [ -n "$work" ] && rm -rf "$work"
-    dev= work=
+    stop_cluster
+    [ -z "$work" ] || rm -rf "$work"
+    work=
 }
 trap stop EXIT
 
@@ -25,13 +26,7 @@ run() {
     local bin=$1 out
     work=$(mktemp -d)
     export WASMRAFT_CONTEXT=$work/context.toml
-    "$bin" dev --base-port 7700 --insecure --data-dir "$work/data" >"$work/dev.log" 2>&1 &
-    dev=$!
-    for _ in $(seq 1 120); do
-        grep -q "Ctrl-C" "$work/dev.log" && break
-        kill -0 "$dev" 2>/dev/null || { cat "$work/dev.log" >&2; exit 1; }
-        sleep 0.5
-    done
+    start_cluster "$bin" "$work"
     "$bin" bench --endpoint http://127.0.0.1:7700 --clients 8 --duration 2s >/dev/null
     # shellcheck disable=SC2086 # the row is a list of flags
     out=$("$bin" bench --endpoint http://127.0.0.1:7700 $row)

@@ -13,22 +13,10 @@ rounds=${2:-1}
 [ -x "$bin" ] || { echo "error: $bin not found: cargo build --release --features bench --bin wasmraft" >&2; exit 1; }
 work=$(mktemp -d)
 export WASMRAFT_CONTEXT=$work/context.toml
-dev=
-stop() { [ -n "$dev" ] && kill -INT "$dev" 2>/dev/null && wait "$dev" 2>/dev/null; rm -rf "$work"; }
+# shellcheck source=bench/cluster.sh
+source "$(dirname "$0")/cluster.sh"
+stop() { stop_cluster; rm -rf "$work"; }
 trap stop EXIT
-
-start_cluster() {
-    "$bin" dev --base-port 7700 --insecure --data-dir "$work/data" >"$work/dev.log" 2>&1 &
-    dev=$!
-    for _ in $(seq 1 120); do
-        grep -q "Ctrl-C" "$work/dev.log" && return
-        kill -0 "$dev" 2>/dev/null || { cat "$work/dev.log" >&2; exit 1; }
-        sleep 1
-    done
-    echo "error: the dev cluster did not start in 120 s" >&2
-    cat "$work/dev.log" >&2
-    exit 1
-}
 
 # A row's clients talk to node 1 (port 7700), or to $port when set.
 row() {
@@ -59,7 +47,7 @@ follower_port() {
     exit 1
 }
 
-start_cluster
+start_cluster "$bin" "$work"
 for round in $(seq 1 "$rounds"); do
     echo
     echo "#### round $round"

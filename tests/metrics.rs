@@ -60,6 +60,27 @@ async fn cluster(dir: &std::path::Path) -> Vec<Node> {
     nodes
 }
 
+/// [`cluster`] with the kv plugin deployed, and the id of its leader.
+async fn kv_cluster(dir: &std::path::Path) -> (Vec<Node>, u64) {
+    let nodes = cluster(dir).await;
+    let out = common::cli_at(nodes[0].addr(), &["deploy", "kv", wasmraft::plugins::KV]).await;
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let leader = common::eventually("a leader", Duration::from_secs(10), || async {
+        nodes[0].current_leader()
+    })
+    .await;
+    (nodes, leader)
+}
+
+/// Batches of writes `node` has proposed to Raft (its `write_batch_writes` histogram's count).
+async fn write_batches(node: &Node) -> f64 {
+    observed(
+        &scrape(node.metrics_addr().unwrap()).await,
+        "wasmraft_write_batch_writes",
+        &[],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,14 +315,7 @@ async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every
 async fn reads_in_flight_at_a_follower_share_read_index_asks_and_each_sees_every_acknowledged_write() {
     use wasmraft_node::pb;
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path()).await;
-    let addr = nodes[0].addr().to_string();
-    let out = common::cli_at(&addr, &["deploy", "kv", wasmraft::plugins::KV]).await;
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let leader_id = common::eventually("a leader", Duration::from_secs(10), || async {
-        nodes[0].current_leader()
-    })
-    .await;
+    let (nodes, leader_id) = kv_cluster(dir.path()).await;
     let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
     let follower = nodes.iter().find(|n| n.id() != leader_id).unwrap();
     let mut to_leader = pb::api_client::ApiClient::connect(leader.addr().to_string())
@@ -358,25 +372,12 @@ async fn reads_in_flight_at_a_follower_share_read_index_asks_and_each_sees_every
 async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_each_its_own_entry() {
     use wasmraft_node::pb::{self, pipeline_reply::Outcome, pipeline_request::Op};
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path()).await;
-    let out = common::cli_at(nodes[0].addr(), &["deploy", "kv", wasmraft::plugins::KV]).await;
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let leader_id = common::eventually("a leader", Duration::from_secs(10), || async {
-        nodes[0].current_leader()
-    })
-    .await;
+    let (nodes, leader_id) = kv_cluster(dir.path()).await;
     let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
     let mut api = pb::api_client::ApiClient::connect(leader.addr().to_string())
         .await
         .unwrap();
-    let batches = || async {
-        observed(
-            &scrape(leader.metrics_addr().unwrap()).await,
-            "wasmraft_write_batch_writes",
-            &[],
-        )
-    };
-    let before = batches().await;
+    let before = write_batches(leader).await;
     let requests: Vec<_> = (0..200)
         .map(|id| pb::PipelineRequest {
             id,
@@ -398,7 +399,7 @@ async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_
         }
     }
     assert_eq!(indexes.len(), 200, "each write is its own entry");
-    let proposed = batches().await - before;
+    let proposed = write_batches(leader).await - before;
     // One by one, 200 writes would be 200 batches; at most 16 go alone before the rest wait.
     assert!(
         (1.0..=100.0).contains(&proposed),
@@ -421,23 +422,10 @@ async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_
 async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
     use wasmraft_node::pb::{self, pipeline_request::Op};
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path()).await;
-    let out = common::cli_at(nodes[0].addr(), &["deploy", "kv", wasmraft::plugins::KV]).await;
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let leader_id = common::eventually("a leader", Duration::from_secs(10), || async {
-        nodes[0].current_leader()
-    })
-    .await;
+    let (nodes, leader_id) = kv_cluster(dir.path()).await;
     let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
     let endpoint = leader.addr().to_string();
     let connect = || pb::api_client::ApiClient::connect(endpoint.clone());
-    let batches = || async {
-        observed(
-            &scrape(leader.metrics_addr().unwrap()).await,
-            "wasmraft_write_batch_writes",
-            &[],
-        )
-    };
     // Two streams of 256 queries in flight each, again and again until the writers are done.
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut readers = Vec::new();
@@ -460,7 +448,7 @@ async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
             }
         }));
     }
-    let before = batches().await;
+    let before = write_batches(leader).await;
     // Four writers, one write in flight each: never 16 writes in flight.
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -475,7 +463,7 @@ async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
     for writer in writers {
         writer.await.unwrap();
     }
-    let proposed = batches().await - before;
+    let proposed = write_batches(leader).await - before;
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
     for reader in readers {
         reader.await.unwrap();

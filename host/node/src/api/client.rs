@@ -379,10 +379,7 @@ impl ApiService {
         let started = std::time::Instant::now();
         let consistency = req.consistency();
         let answer = self.answer_query(req).await;
-        self.0
-            .shared
-            .metrics
-            .observe_query(consistency.as_str_name(), started.elapsed());
+        self.0.shared.metrics.observe_query(consistency, started.elapsed());
         answer
     }
 
