@@ -297,6 +297,10 @@ async fn a_leader_that_handed_over_never_answers_a_lease_read_with_a_stale_value
         common::call(&mut api(old_node).await, "kv", &put(key, "old"))
             .await
             .unwrap();
+        // A transfer goes only to a node that has the leader's log: the target may be last
+        // round's old leader, still catching up after the heal.
+        let last = old_node.last_log_id();
+        wait_for_last_log(target, |l| l >= last, &format!("round {round}: the target catching up")).await;
         // The others can no longer tell the old leader anything (votes, heartbeats).
         for other in &others {
             other.faults().set(old, silent);

@@ -474,3 +474,42 @@ async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
         "100 writes beside the queries went to Raft in {proposed} batches"
     );
 }
+
+/// A write's commit reaches the followers on the next write's append instead of an append of
+/// its own (`raft/coalesce.rs`): sequential writes cost each follower one append message, not
+/// two (entries, then commit).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_write_carries_the_last_ones_commit_so_each_costs_one_append_per_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, leader) = kv_cluster(dir.path()).await;
+    let leader = nodes.iter().find(|n| n.id() == leader).unwrap();
+    let mut api = wasmraft_node::pb::api_client::ApiClient::connect(leader.addr().to_string())
+        .await
+        .unwrap();
+    let before = appends_sent(&mut api).await;
+    let writes = 100;
+    for i in 0..writes {
+        common::call(&mut api, "kv", &format!(r#"{{"op":"put","key":"c{i}","value":"v"}}"#))
+            .await
+            .unwrap();
+    }
+    let per_write = (appends_sent(&mut api).await - before) as f64 / writes as f64;
+    // 2 followers x 1, plus the heartbeats (every 100 ms) and the last write's own commit.
+    assert!(
+        per_write < 3.0,
+        "{per_write:.2} append messages per write to the 2 followers"
+    );
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// Append messages the node behind `api` has sent its peers (heartbeats included).
+async fn appends_sent(api: &mut wasmraft_node::pb::api_client::ApiClient<tonic::transport::Channel>) -> u64 {
+    let status = api
+        .cluster_status(wasmraft_node::pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    status.usage.unwrap().peer_appends
+}

@@ -2,6 +2,7 @@
 //! adapter, and the peer network (client side) with its fault layer.
 
 mod ack_gate;
+mod coalesce;
 mod faults;
 mod inline;
 mod log_store;

@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ack_gate;
+use super::coalesce::Coalesce;
 use super::faults::Faults;
 use super::standing::{self, Standing};
 use crate::pb::{self, peer_client::PeerClient};
@@ -262,6 +263,13 @@ fn append_result(item: Result<pb::AppendResponse, tonic::Status>) -> ack_gate::R
     }
 }
 
+/// What one request on an append stream is owed: `copies` replies on the wire (the last one
+/// kept), which openraft is given `answers` times.
+struct Due {
+    copies: usize,
+    answers: usize,
+}
+
 fn unreachable(msg: impl Into<String>) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(msg.into()))
 }
@@ -392,38 +400,48 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let span = info_span!("replicate", node = self.id, peer = self.target);
         async move {
             let (requests, replies) = ack_gate::gate(input);
-            // A duplicating link sends each append twice and keeps the second reply: `copies`
-            // holds, for each request sent, how many replies are still due for it.
-            let copies: Arc<Mutex<VecDeque<usize>>> = Arc::default();
+            // What each request sent is owed: a duplicating link sends each append twice and
+            // keeps the second reply, and a request carrying a held commit (`coalesce`) answers
+            // for it too.
+            let due: Arc<Mutex<VecDeque<Due>>> = Arc::default();
             let client = self.client().await;
-            let (faults, target, sent) = (self.faults.clone(), self.target, copies.clone());
+            let (faults, target, sent) = (self.faults.clone(), self.target, due.clone());
             let traffic = self.traffic.clone();
             let opened = async move {
                 let mut client = client?;
-                let requests = requests.flat_map(move |rpc| {
+                let requests = Coalesce::new(requests).flat_map(move |(rpc, answers)| {
                     traffic.sent(&rpc);
-                    let n = if faults.get(target).duplicate { 2 } else { 1 };
-                    lock(&sent).push_back(n);
-                    futures::stream::iter(std::iter::repeat_n(append_request_to_pb(&rpc), n))
+                    let copies = if faults.get(target).duplicate { 2 } else { 1 };
+                    lock(&sent).push_back(Due { copies, answers });
+                    futures::stream::iter(std::iter::repeat_n(append_request_to_pb(&rpc), copies))
                 });
                 client.stream_append(requests).await.map_err(status_to_rpc)
             };
             let responses = self.open_stream(opened).await?.into_inner();
-            let responses = responses.filter(move |item| {
-                let mut due = lock(&copies);
-                let last = match due.front_mut() {
-                    Some(1) | None => {
+            let responses = responses.flat_map(move |item| {
+                let mut due = lock(&due);
+                let answers = match due.front_mut() {
+                    Some(owed) if owed.copies > 1 => {
+                        owed.copies -= 1;
+                        0
+                    }
+                    Some(owed) => {
+                        let answers = owed.answers;
                         due.pop_front();
-                        true
+                        answers
                     }
-                    Some(n) => {
-                        *n -= 1;
-                        false
-                    }
+                    None => 1,
                 };
-                std::future::ready(item.is_err() || last)
+                let replies: Vec<ack_gate::Reply> = match item {
+                    Ok(reply) => std::iter::repeat_n(reply, answers)
+                        .map(|r| append_result(Ok(r)))
+                        .collect(),
+                    // An error ends the stream: openraft is told once.
+                    Err(status) => vec![append_result(Err(status))],
+                };
+                futures::stream::iter(replies)
             });
-            Ok(replies.wrap(responses.map(append_result)).boxed())
+            Ok(replies.wrap(responses).boxed())
         }
         .instrument(span)
         .boxed()
