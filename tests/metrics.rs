@@ -60,8 +60,8 @@ async fn cluster(dir: &std::path::Path) -> Vec<Node> {
     nodes
 }
 
-/// [`cluster`] with the kv plugin deployed, and the id of its leader.
-async fn kv_cluster(dir: &std::path::Path) -> (Vec<Node>, u64) {
+/// [`cluster`] with the kv plugin deployed, and where its leader is in the `Vec`.
+async fn kv_cluster(dir: &std::path::Path) -> (Vec<Node>, usize) {
     let nodes = cluster(dir).await;
     let out = common::cli_at(nodes[0].addr(), &["deploy", "kv", wasmraft::plugins::KV]).await;
     assert!(out.status.success(), "{}", common::stderr(&out));
@@ -69,7 +69,15 @@ async fn kv_cluster(dir: &std::path::Path) -> (Vec<Node>, u64) {
         nodes[0].current_leader()
     })
     .await;
+    let leader = nodes.iter().position(|n| n.id() == leader).unwrap();
     (nodes, leader)
+}
+
+type ApiClient = wasmraft_node::pb::api_client::ApiClient<tonic::transport::Channel>;
+
+/// A client of `node`'s API.
+async fn client_of(node: &Node) -> ApiClient {
+    ApiClient::connect(node.addr().to_string()).await.unwrap()
 }
 
 /// Batches of writes `node` has proposed to Raft (its `write_batch_writes` histogram's count).
@@ -315,15 +323,10 @@ async fn metrics_count_fsyncs_applied_entries_and_plugin_errors_by_kind_on_every
 async fn reads_in_flight_at_a_follower_share_read_index_asks_and_each_sees_every_acknowledged_write() {
     use wasmraft_node::pb;
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, leader_id) = kv_cluster(dir.path()).await;
-    let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
-    let follower = nodes.iter().find(|n| n.id() != leader_id).unwrap();
-    let mut to_leader = pb::api_client::ApiClient::connect(leader.addr().to_string())
-        .await
-        .unwrap();
-    let mut to_follower = pb::api_client::ApiClient::connect(follower.addr().to_string())
-        .await
-        .unwrap();
+    let (nodes, leader) = kv_cluster(dir.path()).await;
+    let (leader, follower) = (&nodes[leader], &nodes[(leader + 1) % nodes.len()]);
+    let mut to_leader = client_of(leader).await;
+    let mut to_follower = client_of(follower).await;
     let read_index_calls = || async {
         let scrape = scrape(leader.metrics_addr().unwrap()).await;
         let method = "/wasmraft.v1.Peer/ReadIndex";
@@ -372,11 +375,9 @@ async fn reads_in_flight_at_a_follower_share_read_index_asks_and_each_sees_every
 async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_each_its_own_entry() {
     use wasmraft_node::pb::{self, pipeline_reply::Outcome, pipeline_request::Op};
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, leader_id) = kv_cluster(dir.path()).await;
-    let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
-    let mut api = pb::api_client::ApiClient::connect(leader.addr().to_string())
-        .await
-        .unwrap();
+    let (nodes, leader) = kv_cluster(dir.path()).await;
+    let leader = &nodes[leader];
+    let mut api = client_of(leader).await;
     let before = write_batches(leader).await;
     let requests: Vec<_> = (0..200)
         .map(|id| pb::PipelineRequest {
@@ -422,15 +423,13 @@ async fn writes_past_sixteen_in_flight_wait_for_a_batch_and_go_to_raft_together_
 async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
     use wasmraft_node::pb::{self, pipeline_request::Op};
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, leader_id) = kv_cluster(dir.path()).await;
-    let leader = nodes.iter().find(|n| n.id() == leader_id).unwrap();
-    let endpoint = leader.addr().to_string();
-    let connect = || pb::api_client::ApiClient::connect(endpoint.clone());
+    let (nodes, leader) = kv_cluster(dir.path()).await;
+    let leader = &nodes[leader];
     // Two streams of 256 queries in flight each, again and again until the writers are done.
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut readers = Vec::new();
     for _ in 0..2 {
-        let (mut api, writing) = (connect().await.unwrap(), writing.clone());
+        let (mut api, writing) = (client_of(leader).await, writing.clone());
         readers.push(tokio::spawn(async move {
             while writing.load(std::sync::atomic::Ordering::Relaxed) {
                 let queries = (0..256)
@@ -452,7 +451,7 @@ async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
     // Four writers, one write in flight each: never 16 writes in flight.
     let mut writers = Vec::new();
     for w in 0..4 {
-        let mut api = connect().await.unwrap();
+        let mut api = client_of(leader).await;
         writers.push(tokio::spawn(async move {
             for n in 0..25 {
                 let put = format!(r#"{{"op":"put","key":"w{w}-{n}","value":"v"}}"#);
@@ -482,10 +481,7 @@ async fn a_few_writers_on_a_leader_busy_with_queries_share_batches() {
 async fn the_next_write_carries_the_last_ones_commit_so_each_costs_one_append_per_follower() {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, leader) = kv_cluster(dir.path()).await;
-    let leader = nodes.iter().find(|n| n.id() == leader).unwrap();
-    let mut api = wasmraft_node::pb::api_client::ApiClient::connect(leader.addr().to_string())
-        .await
-        .unwrap();
+    let mut api = client_of(&nodes[leader]).await;
     let before = appends_sent(&mut api).await;
     let writes = 100;
     for i in 0..writes {
@@ -505,7 +501,7 @@ async fn the_next_write_carries_the_last_ones_commit_so_each_costs_one_append_pe
 }
 
 /// Append messages the node behind `api` has sent its peers (heartbeats included).
-async fn appends_sent(api: &mut wasmraft_node::pb::api_client::ApiClient<tonic::transport::Channel>) -> u64 {
+async fn appends_sent(api: &mut ApiClient) -> u64 {
     let status = api
         .cluster_status(wasmraft_node::pb::ClusterStatusRequest {})
         .await

@@ -13,9 +13,11 @@
 //! new; one that refuses it (a higher vote, a conflict at that log id) would have refused the held
 //! one for the same reason. So its reply is given to openraft once per request it answers (see
 //! the replies' `Due` in `network.rs`), and openraft's queue of requests in flight pairs up as
-//! before. A reply crediting the held request with the later send time is still a true
-//! acknowledgement: the follower saw the merged request after both were made (issue 18's
-//! `ack_gate` sits before this, so it sees every request openraft made).
+//! before (issue 18's `ack_gate` sits before this, so it sees every request openraft made).
+//! openraft times an acknowledgement from when it made the request; a request goes on the wire
+//! then or later, never earlier, so no acknowledgement is credited to a time before the follower
+//! could have seen it: a merged reply is credited with the later request's time, when the merged
+//! request went out, and a held one sent alone with its own, earlier than it went out.
 //!
 //! A follower learns a commit at most [`HOLD`] later than it would have; heartbeats, which a
 //! ReadIndex round sends, carry the commit on their own stream and are never held.
@@ -130,6 +132,20 @@ mod tests {
         }
     }
 
+    /// A [`Coalesce`] over `requests`, already made, and the sender of any more.
+    fn coalescing(
+        requests: impl IntoIterator<Item = Request>,
+    ) -> (
+        mpsc::UnboundedSender<Request>,
+        Coalesce<mpsc::UnboundedReceiver<Request>>,
+    ) {
+        let (tx, rx) = mpsc::unbounded();
+        for request in requests {
+            tx.unbounded_send(request).unwrap();
+        }
+        (tx, Coalesce::new(rx))
+    }
+
     fn shape(item: &(Request, usize)) -> (u64, usize, u64, usize) {
         let (request, answers) = item;
         let commit = request.leader_commit.map_or(0, |c| c.index);
@@ -143,11 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_rides_on_the_next_batch_which_answers_for_both() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut out = Coalesce::new(rx);
-        tx.unbounded_send(append(0, 3, 0)).unwrap();
-        tx.unbounded_send(append(3, 0, 3)).unwrap();
-        tx.unbounded_send(append(3, 2, 3)).unwrap();
+        let (_tx, mut out) = coalescing([append(0, 3, 0), append(3, 0, 3), append(3, 2, 3)]);
         assert_eq!(shape(&out.next().await.unwrap()), (0, 3, 0, 1));
         assert_eq!(
             shape(&out.next().await.unwrap()),
@@ -158,10 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_with_nothing_behind_it_goes_alone_after_the_hold() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut out = Coalesce::new(rx);
-        tx.unbounded_send(append(3, 0, 2)).unwrap();
-        tx.unbounded_send(append(3, 0, 3)).unwrap();
+        let (tx, mut out) = coalescing([append(3, 0, 2), append(3, 0, 3)]);
         let started = Instant::now();
         assert_eq!(
             shape(&out.next().await.unwrap()),
@@ -175,20 +184,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_does_not_extend_the_held_one_goes_after_it() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut out = Coalesce::new(rx);
-        tx.unbounded_send(append(3, 0, 3)).unwrap();
         // A conflict sent openraft back to log id 1.
-        tx.unbounded_send(append(1, 2, 3)).unwrap();
+        let (_tx, mut out) = coalescing([append(3, 0, 3), append(1, 2, 3)]);
         assert_eq!(shape(&out.next().await.unwrap()), (3, 0, 3, 1));
         assert_eq!(shape(&out.next().await.unwrap()), (1, 2, 3, 1));
     }
 
     #[tokio::test]
     async fn a_held_commit_still_goes_when_openraft_ends_the_stream() {
-        let (tx, rx) = mpsc::unbounded();
-        let mut out = Coalesce::new(rx);
-        tx.unbounded_send(append(3, 0, 3)).unwrap();
+        let (tx, mut out) = coalescing([append(3, 0, 3)]);
         drop(tx);
         assert_eq!(shape(&out.next().await.unwrap()), (3, 0, 3, 1));
         assert!(out.next().await.is_none());

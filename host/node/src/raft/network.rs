@@ -432,14 +432,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     }
                     None => 1,
                 };
-                let replies: Vec<ack_gate::Reply> = match item {
-                    Ok(reply) => std::iter::repeat_n(reply, answers)
-                        .map(|r| append_result(Ok(r)))
-                        .collect(),
-                    // An error ends the stream: openraft is told once.
-                    Err(status) => vec![append_result(Err(status))],
-                };
-                futures::stream::iter(replies)
+                // An error ends the stream: openraft is told once.
+                let answers = if item.is_err() { 1 } else { answers };
+                futures::stream::iter(std::iter::repeat_n(item, answers).map(append_result))
             });
             Ok(replies.wrap(responses).boxed())
         }
